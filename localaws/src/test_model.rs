@@ -1,0 +1,1 @@
+//! The generated test model (owned by the engine track).
