@@ -1,0 +1,472 @@
+# embatch: the same resources, inputs and outputs as deploy/cloudformation/embatch.yaml.
+
+data "aws_caller_identity" "current" {}
+data "aws_region" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  region     = data.aws_region.current.name
+  partition  = data.aws_partition.current.partition
+
+  bucket_name         = "${var.name_prefix}-${local.account_id}-${local.region}"
+  table_name          = "${var.name_prefix}-vectors"
+  job_definition_name = "${var.name_prefix}-worker"
+  container_image     = coalesce(var.container_image, "${aws_ecr_repository.worker.repository_url}:${var.image_tag}")
+}
+
+# ---------------------------------------------------------------- data
+
+resource "aws_s3_bucket" "images" {
+  # checkov:skip=CKV_AWS_18:Server access logging needs a second bucket the user owns; enable it (or CloudTrail data events) per account policy.
+  # checkov:skip=CKV_AWS_144:Cross-region replication is a disaster-recovery choice, not needed by the pipeline.
+  # checkov:skip=CKV2_AWS_62:Event notifications are not used by the pipeline (the submitter lists prefixes).
+  bucket = local.bucket_name
+  tags   = var.tags
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "images" {
+  bucket                  = aws_s3_bucket.images.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "images" {
+  bucket = aws_s3_bucket.images.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "images" {
+  # checkov:skip=CKV2_AWS_67:Encrypted with the AWS managed S3 KMS key; a customer managed key is optional (see README).
+  bucket = aws_s3_bucket.images.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm = "aws:kms"
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_versioning" "images" {
+  bucket = aws_s3_bucket.images.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "images" {
+  bucket = aws_s3_bucket.images.id
+
+  rule {
+    id     = "expire-run-files"
+    status = "Enabled"
+    filter {
+      prefix = var.run_prefix
+    }
+    expiration {
+      days = var.run_files_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+  }
+
+  rule {
+    id     = "tidy-bucket"
+    status = "Enabled"
+    filter {}
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 30
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.images]
+}
+
+data "aws_iam_policy_document" "bucket" {
+  statement {
+    sid       = "DenyInsecureTransport"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.images.arn, "${aws_s3_bucket.images.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "images" {
+  bucket     = aws_s3_bucket.images.id
+  policy     = data.aws_iam_policy_document.bucket.json
+  depends_on = [aws_s3_bucket_public_access_block.images]
+}
+
+resource "aws_dynamodb_table" "vectors" {
+  # checkov:skip=CKV_AWS_119:Encrypted with the AWS managed KMS key; a customer managed key adds a key policy every reader must be granted.
+  name         = local.table_name
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "ImageId"
+
+  attribute {
+    name = "ImageId"
+    type = "S"
+  }
+
+  point_in_time_recovery {
+    enabled = true
+  }
+
+  server_side_encryption {
+    enabled = true
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
+# ---------------------------------------------------------------- image
+
+resource "aws_ecr_repository" "worker" {
+  # checkov:skip=CKV_AWS_136:Images hold no secrets (no credentials, public model weights); AES-256 at rest is enough.
+  name                 = "${var.name_prefix}-worker"
+  image_tag_mutability = "IMMUTABLE"
+
+  image_scanning_configuration {
+    scan_on_push = true
+  }
+
+  encryption_configuration {
+    encryption_type = "AES256"
+  }
+
+  tags = var.tags
+}
+
+resource "aws_ecr_lifecycle_policy" "worker" {
+  repository = aws_ecr_repository.worker.name
+  policy = jsonencode({
+    rules = [{
+      rulePriority = 1
+      description  = "keep the 10 newest images"
+      selection    = { tagStatus = "any", countType = "imageCountMoreThan", countNumber = 10 }
+      action       = { type = "expire" }
+    }]
+  })
+}
+
+# ---------------------------------------------------------------- logs
+
+resource "aws_cloudwatch_log_group" "worker" {
+  # checkov:skip=CKV_AWS_158:Worker logs hold S3 keys and counts, no secrets; CloudWatch Logs encrypts them at rest by default.
+  # checkov:skip=CKV_AWS_338:Retention is a parameter (default 30 days); a year of debug logs is not needed.
+  name              = "/aws/batch/${var.name_prefix}"
+  retention_in_days = var.log_retention_days
+  tags              = var.tags
+}
+
+# ---------------------------------------------------------------- compute
+
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "instance" {
+  name_prefix        = "${var.name_prefix}-instance-"
+  description        = "ECS container instances of the embatch compute environment (agent, image pull, log delivery)."
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy_attachment" "instance" {
+  role       = aws_iam_role.instance.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
+}
+
+resource "aws_iam_instance_profile" "instance" {
+  name_prefix = "${var.name_prefix}-instance-"
+  role        = aws_iam_role.instance.name
+  tags        = var.tags
+}
+
+resource "aws_launch_template" "instance" {
+  name_prefix = "${var.name_prefix}-"
+  # IMDSv2 only, hop limit 1: containers (bridge network) cannot reach the instance role;
+  # the worker gets credentials from its job role only.
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+  tags = var.tags
+}
+
+resource "aws_batch_compute_environment" "this" {
+  compute_environment_name_prefix = "${var.name_prefix}-"
+  type                            = "MANAGED"
+  state                           = "ENABLED"
+  service_role                    = var.batch_service_role_arn
+
+  compute_resources {
+    type                = var.compute_type
+    allocation_strategy = var.compute_type == "SPOT" ? "SPOT_PRICE_CAPACITY_OPTIMIZED" : "BEST_FIT_PROGRESSIVE"
+    min_vcpus           = 0
+    max_vcpus           = var.max_vcpus
+    instance_type       = var.instance_types
+    subnets             = var.subnet_ids
+    security_group_ids  = var.security_group_ids
+    instance_role       = aws_iam_instance_profile.instance.arn
+
+    ec2_configuration {
+      image_type = "ECS_AL2023"
+    }
+
+    launch_template {
+      launch_template_id = aws_launch_template.instance.id
+      version            = aws_launch_template.instance.latest_version
+    }
+
+    tags = var.tags
+  }
+
+  tags = var.tags
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_batch_job_queue" "this" {
+  name     = "${var.name_prefix}-queue"
+  state    = "ENABLED"
+  priority = 1
+
+  compute_environment_order {
+    order               = 1
+    compute_environment = aws_batch_compute_environment.this.arn
+  }
+
+  tags = var.tags
+}
+
+# ---------------------------------------------------------------- worker job
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "worker" {
+  statement {
+    sid       = "ReadImages"
+    actions   = ["s3:GetObject"]
+    resources = [for p in var.image_prefixes : "${aws_s3_bucket.images.arn}/${p}*"]
+  }
+  statement {
+    sid       = "ReadManifests"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.images.arn}/${var.run_prefix}*/manifests/*"]
+  }
+  statement {
+    sid       = "WriteReports"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.images.arn}/${var.run_prefix}*/reports/*"]
+  }
+  statement {
+    sid = "WriteVectors"
+    actions = [
+      "dynamodb:BatchWriteItem",
+      "dynamodb:PutItem",
+      "dynamodb:BatchGetItem",
+      "dynamodb:GetItem",
+    ]
+    resources = [aws_dynamodb_table.vectors.arn]
+  }
+}
+
+resource "aws_iam_role" "job" {
+  name_prefix        = "${var.name_prefix}-job-"
+  description        = "The embatch worker (one array child): reads its manifest and images, writes vectors and reports."
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  tags               = var.tags
+}
+
+resource "aws_iam_role_policy" "job" {
+  name   = "embatch-worker"
+  role   = aws_iam_role.job.id
+  policy = data.aws_iam_policy_document.worker.json
+}
+
+resource "aws_batch_job_definition" "worker" {
+  name                  = local.job_definition_name
+  type                  = "container"
+  platform_capabilities = ["EC2"]
+  propagate_tags        = true
+
+  container_properties = jsonencode({
+    image      = local.container_image
+    jobRoleArn = aws_iam_role.job.arn
+    resourceRequirements = [
+      { type = "VCPU", value = tostring(var.job_vcpus) },
+      { type = "MEMORY", value = tostring(var.job_memory_mib) },
+    ]
+    environment = [
+      # Instances allow no IMDS access from containers, so the SDK cannot discover the region.
+      { name = "AWS_REGION", value = local.region },
+      { name = "EMBATCH_TABLE", value = aws_dynamodb_table.vectors.name },
+    ]
+    readonlyRootFilesystem = true
+    privileged             = false
+    linuxParameters = {
+      initProcessEnabled = true
+      tmpfs              = [{ containerPath = "/tmp", size = 256 }]
+    }
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        "awslogs-group"         = aws_cloudwatch_log_group.worker.name
+        "awslogs-region"        = local.region
+        "awslogs-stream-prefix" = "embatch"
+      }
+    }
+  })
+
+  # Exit codes follow CONTRACT.md: 75 = transient infrastructure failure, 143 = SIGTERM after
+  # flushing; 2 (bad configuration) and anything else is permanent and must not be retried.
+  retry_strategy {
+    attempts = var.retry_attempts
+    evaluate_on_exit {
+      on_status_reason = "Host EC2*"
+      action           = "retry"
+    }
+    evaluate_on_exit {
+      on_exit_code = "75"
+      action       = "retry"
+    }
+    evaluate_on_exit {
+      on_exit_code = "143"
+      action       = "retry"
+    }
+    evaluate_on_exit {
+      on_reason = "*"
+      action    = "exit"
+    }
+  }
+
+  timeout {
+    attempt_duration_seconds = var.job_timeout_seconds
+  }
+
+  tags = var.tags
+}
+
+# ---------------------------------------------------------------- people and tools
+
+data "aws_iam_policy_document" "submitter" {
+  statement {
+    sid       = "ListImagePrefixes"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.images.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = [for p in var.image_prefixes : "${p}*"]
+    }
+  }
+  statement {
+    sid       = "WriteRunFiles"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.images.arn}/${var.run_prefix}*"]
+  }
+  statement {
+    sid     = "ReadRunStatus"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.images.arn}/${var.run_prefix}*/run.json",
+      "${aws_s3_bucket.images.arn}/${var.run_prefix}*/reports/*",
+    ]
+  }
+  statement {
+    sid     = "SubmitToThisQueue"
+    actions = ["batch:SubmitJob"]
+    resources = [
+      aws_batch_job_queue.this.arn,
+      "arn:${local.partition}:batch:${local.region}:${local.account_id}:job-definition/${local.job_definition_name}",
+      "arn:${local.partition}:batch:${local.region}:${local.account_id}:job-definition/${local.job_definition_name}:*",
+    ]
+  }
+  statement {
+    sid = "WatchJobs"
+    # DescribeJobs and ListJobs support no resource-level permissions.
+    actions   = ["batch:DescribeJobs", "batch:ListJobs"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "PreflightTable"
+    actions   = ["dynamodb:DescribeTable"]
+    resources = [aws_dynamodb_table.vectors.arn]
+  }
+}
+
+resource "aws_iam_policy" "submitter" {
+  name        = "${var.name_prefix}-${local.region}-submitter"
+  description = "Attach to whoever runs `embatch submit` / `embatch status` against this deployment."
+  policy      = data.aws_iam_policy_document.submitter.json
+  tags        = var.tags
+}
+
+data "aws_iam_policy_document" "reader" {
+  statement {
+    sid = "ReadVectors"
+    actions = [
+      "dynamodb:DescribeTable",
+      "dynamodb:GetItem",
+      "dynamodb:BatchGetItem",
+      "dynamodb:Query",
+      "dynamodb:Scan",
+    ]
+    resources = [aws_dynamodb_table.vectors.arn]
+  }
+}
+
+resource "aws_iam_policy" "reader" {
+  name        = "${var.name_prefix}-${local.region}-reader"
+  description = "Attach to consumers of the vectors (embatch-read, boto3/numpy)."
+  policy      = data.aws_iam_policy_document.reader.json
+  tags        = var.tags
+}
