@@ -288,8 +288,9 @@ def check_resources(c: dict, out: dict, prefixes: list[str], subnet: str, sg: st
                                  VersionId=sub["DefaultVersionId"])["PolicyVersion"]["Document"]
     sub = policy_document(sub)
     sub = {s["Sid"]: s for s in sub["Statement"]}
-    check(as_list(sub["ListImagePrefixes"]["Condition"]["StringLike"]["s3:prefix"])
-          == [f"{p}*" for p in prefixes], "submitter lists only the image prefixes")
+    check(as_list(sub["ListImagesAndRuns"]["Condition"]["StringLike"]["s3:prefix"])
+          == [f"{p}*" for p in prefixes] + ["embatch-runs/*"],
+          "submitter lists only the image prefixes and the run root")
     check(out["JobQueueArn"] in as_list(sub["SubmitToThisQueue"]["Resource"]),
           "submitter submits only to this queue")
 

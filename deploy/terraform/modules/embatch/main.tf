@@ -399,13 +399,14 @@ resource "aws_batch_job_definition" "worker" {
 
 data "aws_iam_policy_document" "submitter" {
   statement {
-    sid       = "ListImagePrefixes"
+    sid       = "ListImagesAndRuns"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.images.arn]
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = [for p in var.image_prefixes : "${p}*"]
+      # The image prefixes, and the run root (`embatch status` lists a run's reports).
+      values = concat([for p in var.image_prefixes : "${p}*"], ["${var.run_prefix}*"])
     }
   }
   statement {
@@ -432,8 +433,14 @@ data "aws_iam_policy_document" "submitter" {
   }
   statement {
     sid = "WatchJobs"
-    # DescribeJobs and ListJobs support no resource-level permissions.
-    actions   = ["batch:DescribeJobs", "batch:ListJobs"]
+    # Read-only Batch calls (pre-flight checks and `embatch status`); they support no
+    # resource-level permissions.
+    actions = [
+      "batch:DescribeJobQueues",
+      "batch:DescribeJobDefinitions",
+      "batch:DescribeJobs",
+      "batch:ListJobs",
+    ]
     resources = ["*"]
   }
   statement {
