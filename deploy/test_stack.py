@@ -11,23 +11,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
+from typing import Callable
 
-import boto3
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-TEMPLATE = HERE / "cloudformation" / "embatch.yaml"
-REGION = "us-east-1"
-STACK = "embatch-test"
+from emulated_stack import (REGION, ROOT, STACK, CREDENTIALS, Child, Failed, check, clients, create_network,
+                            create_stack, end_to_end, load_template, moto_server, test_model_spec)
 
 # Resource types / properties moto accepts but does not apply (checked by cfn-lint and checkov
 # instead, and printed by this script so nobody mistakes the emulator for proof).
@@ -46,112 +37,6 @@ EXPECTED_OUTPUTS = {
     "JobDefinitionArn", "JobDefinitionName", "RepositoryUri", "ContainerImage",
     "ComputeEnvironmentArn", "LogGroupName", "JobRoleArn", "SubmitterPolicyArn", "ReaderPolicyArn",
 }
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise Failed(what)
-    print(f"  ok  {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def moto_server():
-    """A moto server on a free 127.0.0.1 port; yields its endpoint URL."""
-    port = free_port()
-    log = open(ROOT / "target" / "test-stack-moto.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise Failed(f"moto server exited with {proc.returncode}; see target/test-stack-moto.log")
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise Failed(f"moto server on {url} not ready after 30 s")
-                time.sleep(0.1)  # readiness poll of a child process, not test synchronisation
-        req = urllib.request.Request(
-            f"{url}/moto-api/config", method="POST",
-            data=json.dumps({"batch": {"use_docker": False}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        urllib.request.urlopen(req, timeout=5).read()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def load_template() -> dict:
-    """The template as data; CloudFormation's short-form tags (!Ref, !Sub, ...) kept opaque."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, tag, node: None)
-    return yaml.load(TEMPLATE.read_text(), Loader=Loader)
-
-
-def clients(url: str) -> dict:
-    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
-                            region_name=REGION)
-    names = ["cloudformation", "ec2", "iam", "s3", "dynamodb", "batch", "ecr", "logs", "sts"]
-    return {n: session.client(n, endpoint_url=url) for n in names}
-
-
-def create_network(c: dict) -> tuple[str, str, str]:
-    """The user's VPC pieces, and a Batch service role (moto crashes without ServiceRole)."""
-    vpc = c["ec2"].create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    subnet = c["ec2"].create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-    sg = c["ec2"].create_security_group(GroupName="embatch-batch", Description="batch",
-                                        VpcId=vpc)["GroupId"]
-    role = c["iam"].create_role(
-        RoleName="embatch-test-batch-service",
-        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"},
-            "Action": "sts:AssumeRole"}]}),
-    )["Role"]["Arn"]
-    return subnet, sg, role
-
-
-def create_stack(c: dict, subnet: str, sg: str, service_role: str, prefixes: str) -> dict:
-    cfn = c["cloudformation"]
-    cfn.create_stack(
-        StackName=STACK,
-        TemplateBody=TEMPLATE.read_text(),
-        Capabilities=["CAPABILITY_NAMED_IAM"],
-        Parameters=[
-            {"ParameterKey": "SubnetIds", "ParameterValue": subnet},
-            {"ParameterKey": "SecurityGroupIds", "ParameterValue": sg},
-            {"ParameterKey": "BatchServiceRoleArn", "ParameterValue": service_role},
-            {"ParameterKey": "ImagePrefixes", "ParameterValue": prefixes},
-            # moto does not split the *default* of a list parameter: pass every list explicitly.
-            {"ParameterKey": "InstanceTypes", "ParameterValue": "c7i,c6i,c6a,c5"},
-        ],
-    )
-    cfn.get_waiter("stack_create_complete").wait(
-        StackName=STACK, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    stack = cfn.describe_stacks(StackName=STACK)["Stacks"][0]
-    check(stack["StackStatus"] == "CREATE_COMPLETE", f"stack {STACK} is CREATE_COMPLETE")
-    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
 
 
 def policy_document(doc) -> dict:
@@ -298,12 +183,30 @@ def check_resources(c: dict, out: dict, prefixes: list[str], subnet: str, sg: st
         print(f"  --  not emulated: {what}: {note}")
 
 
+def host_worker(url: str) -> "Callable[[Child], subprocess.CompletedProcess]":
+    """Runs target/release/embatch-worker for a child, with only the environment Batch gives it
+    (plus the emulator's endpoint and test credentials)."""
+    worker = ROOT / "target" / "release" / "embatch-worker"
+
+    def run(child: Child) -> subprocess.CompletedProcess:
+        env = {"PATH": os.environ["PATH"], **CREDENTIALS, "AWS_ENDPOINT_URL": url, **child.env}
+        return subprocess.run([str(worker)], env=env, capture_output=True, text=True, timeout=600)
+
+    return run
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--keep", action="store_true", help="print the endpoint and keep moto running")
+    ap.add_argument("--no-e2e", action="store_true",
+                    help="only create and check the stack (no submitter/worker run)")
     args = ap.parse_args()
     prefixes = ["images/", "more/images/"]
-    (ROOT / "target").mkdir(exist_ok=True)
+    if not args.no_e2e:
+        for binary in ("embatch", "embatch-worker"):
+            if not (ROOT / "target" / "release" / binary).is_file():
+                raise Failed(f"target/release/{binary} is missing: "
+                             "cargo build --release -p embatch-submitter -p embatch-worker")
+        spec = test_model_spec()
     with moto_server() as url:
         c = clients(url)
         print(f"moto on {url}")
@@ -311,9 +214,9 @@ def main() -> int:
         out = create_stack(c, subnet, sg, service_role, ",".join(prefixes))
         check_resources(c, out, prefixes, subnet, sg)
         check_template_statically()
-        if args.keep:
-            print(json.dumps(out, indent=2))
-            input("moto is running; press Enter to stop ")
+        if not args.no_e2e:
+            print("end to end against the stack's outputs (submitter + worker binaries):")
+            end_to_end(c, url, out, host_worker(url), model_spec=str(spec))
     print("deploy/test-stack: passed")
     return 0
 
