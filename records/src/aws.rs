@@ -1,0 +1,57 @@
+//! The one place aws-sdk clients are configured: region, retries, timeouts, and the optional
+//! endpoint override used against a local emulator.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// How to reach AWS.
+#[derive(Clone, Debug, Default)]
+pub struct AwsOptions {
+    /// Send every request here instead of AWS (e.g. `http://127.0.0.1:5000` for the
+    /// emulator). Defaults to `AWS_ENDPOINT_URL` when unset, as the SDK does.
+    pub endpoint_url: Option<String>,
+    /// Region; defaults to the SDK's provider chain (`AWS_REGION`, profile, IMDS).
+    pub region: Option<String>,
+}
+
+/// Loads the shared SDK configuration.
+///
+/// Retries: the SDK's standard mode with 5 attempts (exponential backoff with jitter), on top
+/// of which our own writers and readers retry unprocessed items. Timeouts: 5 s to connect,
+/// 60 s per attempt, so a stalled connection is retried instead of hanging a child.
+pub async fn load(options: &AwsOptions) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(5))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(url) = &options.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// An S3 client. Path-style addressing is forced when an endpoint override is in use (an
+/// emulator on 127.0.0.1 has no per-bucket host names).
+pub fn s3(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let path_style = config.endpoint_url().is_some();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(path_style)
+            .build(),
+    )
+}
+
+/// A DynamoDB client.
+pub fn dynamodb(config: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(config)
+}
