@@ -1,1 +1,239 @@
-//! placeholder
+//! The embatch submitter: from a list of S3 prefixes to AWS Batch array jobs, and the status
+//! of a run.
+//!
+//! [`submit`] runs the stages in order, and nothing is written or submitted before every
+//! check has passed:
+//! 1. [`event`]: resolve the `{"Paths": [...]}` event to S3 prefixes;
+//! 2. [`preflight`]: the buckets, job queue, job definition and table exist;
+//! 3. [`listing`]: list every prefix (all pages, concurrently), keep images once each;
+//! 4. [`plan`]: assign ImageIds (refusing collisions), chunk into manifests, split into jobs;
+//! 5. [`submission`]: write the manifests, submit the jobs, write `run.json`.
+//!
+//! [`status`] follows a submitted run.
+
+pub mod event;
+pub mod listing;
+pub mod plan;
+pub mod preflight;
+pub mod status;
+pub mod submission;
+
+use serde::Serialize;
+
+use embatch_records::image_id::ImageIdMode;
+use embatch_records::manifest::ManifestLine;
+use embatch_records::run::{new_run_id, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE};
+use embatch_records::s3uri::S3Uri;
+
+use crate::event::PathsEvent;
+use crate::listing::{ExtensionFilter, ListingStats};
+use crate::plan::JobSpec;
+use crate::submission::JobTarget;
+
+/// Bad input from the user (event, flags, missing resources, colliding ImageIds): nothing
+/// was written or submitted. The binary exits with code 2 on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// The model spec path inside the worker container unless `--model-spec` says otherwise.
+pub const DEFAULT_MODEL_SPEC: &str = "/opt/embatch/models/resnet18-v2.toml";
+
+/// vCPU-seconds per image used for the `--dry-run` estimate unless told otherwise: about
+/// 56 ms of tract ResNet18 inference per image per core plus ~20 ms to decode and
+/// preprocess a large JPEG (measurements in /work/shared/ENVIRONMENT.md; the engine
+/// benchmark refines it).
+pub const DEFAULT_SECONDS_PER_IMAGE: f64 = 0.08;
+
+/// Everything `embatch submit` needs besides the event.
+#[derive(Clone, Debug)]
+pub struct SubmitOptions {
+    /// The bucket plain paths refer to.
+    pub bucket: Option<String>,
+    /// Where runs are kept (default `s3://<bucket>/embatch-runs/`).
+    pub runs_uri: Option<S3Uri>,
+    /// AWS Batch job queue.
+    pub job_queue: String,
+    /// AWS Batch job definition.
+    pub job_definition: String,
+    /// DynamoDB table the workers write to.
+    pub table: String,
+    /// Model spec path inside the container.
+    pub model_spec: String,
+    /// Images per manifest (one manifest per array child).
+    pub images_per_job: usize,
+    /// How ImageIds are made.
+    pub image_id: ImageIdMode,
+    /// Which objects are images.
+    pub extensions: ExtensionFilter,
+    /// vCPU-seconds per image for the estimate.
+    pub seconds_per_image: f64,
+    /// Plan only: list and count, write and submit nothing.
+    pub dry_run: bool,
+}
+
+/// What `embatch submit` prints on stdout.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubmitSummary {
+    /// The run id.
+    pub run_id: String,
+    /// `true` when nothing was written or submitted.
+    pub dry_run: bool,
+    /// The run's folder.
+    pub run_uri: String,
+    /// Where the manifests are (`<run_uri>manifests/`).
+    pub manifest_prefix: String,
+    /// The run plan (`<run_uri>run.json`); not written on a dry run.
+    pub plan_uri: String,
+    /// Images in all manifests.
+    pub images: u64,
+    /// Manifests (= array children).
+    pub manifests: usize,
+    /// The jobs planned (dry run) or submitted.
+    pub jobs: Vec<SubmittedJob>,
+    /// What the listing saw and skipped.
+    pub listing: ListingStats,
+    /// Estimated vCPU-hours.
+    pub estimated_vcpu_hours: f64,
+    /// The per-image cost the estimate used.
+    pub seconds_per_image: f64,
+}
+
+/// The AWS clients the submitter uses.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    /// S3.
+    pub s3: aws_sdk_s3::Client,
+    /// AWS Batch.
+    pub batch: aws_sdk_batch::Client,
+    /// DynamoDB.
+    pub dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl Clients {
+    /// Clients from one SDK configuration (see `embatch_records::aws`).
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self {
+            s3: embatch_records::aws::s3(config),
+            batch: aws_sdk_batch::Client::new(config),
+            dynamodb: embatch_records::aws::dynamodb(config),
+        }
+    }
+}
+
+/// The folder runs are kept in: `--runs-uri`, else `s3://<bucket>/embatch-runs/`.
+pub fn runs_root(bucket: Option<&str>, runs_uri: Option<&S3Uri>) -> Result<S3Uri, InputError> {
+    match (runs_uri, bucket) {
+        (Some(uri), _) => Ok(uri.clone()),
+        (None, Some(bucket)) => Ok(S3Uri::new(
+            bucket,
+            embatch_records::run::DEFAULT_RUNS_PREFIX,
+        )),
+        (None, None) => Err(InputError(
+            "no place for the run's manifests: give --bucket or --runs-uri".to_string(),
+        )),
+    }
+}
+
+/// Lists, plans, and (unless a dry run) writes the manifests, submits the jobs and writes
+/// `run.json`.
+pub async fn submit(
+    clients: &Clients,
+    event: &PathsEvent,
+    options: &SubmitOptions,
+) -> anyhow::Result<SubmitSummary> {
+    if options.images_per_job == 0 {
+        return Err(InputError("--images-per-job must be at least 1".into()).into());
+    }
+    let roots = event.resolve(options.bucket.as_deref())?;
+    let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
+
+    let buckets = roots
+        .iter()
+        .map(|r| r.bucket.as_str())
+        .chain([runs.bucket.as_str()]);
+    preflight::check_buckets(&clients.s3, buckets).await?;
+    preflight::check_job_queue(&clients.batch, &options.job_queue).await?;
+    preflight::check_job_definition(&clients.batch, &options.job_definition).await?;
+    preflight::check_table(&clients.dynamodb, &options.table).await?;
+
+    let listing = listing::list_images(&clients.s3, &roots, &options.extensions).await?;
+    tracing::info!(stats = ?listing.stats, "listing done");
+    if listing.images.is_empty() {
+        let paths: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
+        return Err(InputError(format!(
+            "no images under {paths:?} ({} objects listed: {} directory markers, {} not images, {} empty); nothing submitted",
+            listing.stats.objects, listing.stats.directory_markers, listing.stats.not_images, listing.stats.empty
+        ))
+        .into());
+    }
+    let lines = plan::assign_image_ids(listing.images, options.image_id)?;
+    let chunks: Vec<&[ManifestLine]> = lines.chunks(options.images_per_job).collect();
+    let specs = plan::split_jobs(chunks.len(), MAX_ARRAY_SIZE);
+
+    let run_id = new_run_id();
+    let layout = RunLayout::new(&runs, &run_id);
+    let mut summary = SubmitSummary {
+        run_id: run_id.clone(),
+        dry_run: options.dry_run,
+        run_uri: layout.root.to_string(),
+        manifest_prefix: layout.root.join("manifests/").to_string(),
+        plan_uri: layout.plan().to_string(),
+        images: lines.len() as u64,
+        manifests: chunks.len(),
+        jobs: Vec::new(),
+        listing: listing.stats,
+        estimated_vcpu_hours: plan::estimate_vcpu_hours(
+            lines.len() as u64,
+            options.seconds_per_image,
+        ),
+        seconds_per_image: options.seconds_per_image,
+    };
+    if options.dry_run {
+        summary.jobs = planned_jobs(&run_id, &specs);
+        return Ok(summary);
+    }
+
+    tracing::info!(run_id = %run_id, manifests = chunks.len(), "writing manifests to {}", summary.manifest_prefix);
+    submission::write_manifests(&clients.s3, &layout, &chunks).await?;
+    let target = JobTarget {
+        queue: &options.job_queue,
+        job_definition: &options.job_definition,
+        run_id: &run_id,
+        layout: &layout,
+        table: &options.table,
+        model_spec: &options.model_spec,
+    };
+    summary.jobs = submission::submit_jobs(&clients.batch, &target, &specs).await?;
+    let plan = RunPlan {
+        run_id: run_id.clone(),
+        run_uri: layout.root.to_string(),
+        table: options.table.clone(),
+        images: summary.images,
+        manifests: summary.manifests,
+        jobs: summary.jobs.clone(),
+        submitted_at: now_rfc3339(),
+    };
+    submission::write_plan(&clients.s3, &layout, &plan).await?;
+    Ok(summary)
+}
+
+/// The jobs of a dry run, with empty job ids.
+fn planned_jobs(run_id: &str, specs: &[JobSpec]) -> Vec<SubmittedJob> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SubmittedJob {
+            job_id: String::new(),
+            job_name: submission::job_name(run_id, i),
+            manifest_offset: s.manifest_offset,
+            array_size: s.array_size(),
+        })
+        .collect()
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formats every UTC time")
+}

@@ -1,1 +1,211 @@
-fn main() {}
+//! `embatch`: submit a run of image embeddings to AWS Batch, and follow it.
+//!
+//! Exit codes: 0 done (status: every child SUCCEEDED); 1 an AWS or I/O error; 2 bad input
+//! (nothing was written or submitted); 3 status: the run is still going; 4 status: the run
+//! finished with FAILED children.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use embatch_records::aws::AwsOptions;
+use embatch_records::image_id::ImageIdMode;
+use embatch_records::s3uri::S3Uri;
+use embatch_submitter::event::PathsEvent;
+use embatch_submitter::listing::{ExtensionFilter, DEFAULT_EXTENSIONS};
+use embatch_submitter::plan::DEFAULT_IMAGES_PER_JOB;
+use embatch_submitter::{
+    runs_root, status, submit, Clients, InputError, SubmitOptions, DEFAULT_MODEL_SPEC,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "embatch",
+    version,
+    about = "Batch image embeddings on AWS Batch"
+)]
+struct Cli {
+    /// Send AWS requests here (e.g. a local emulator); default: AWS_ENDPOINT_URL or AWS.
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+    /// AWS region; default: the SDK's provider chain (AWS_REGION, profile).
+    #[arg(long, global = true)]
+    region: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the paths, write manifests, submit array jobs; prints a JSON summary.
+    Submit(SubmitArgs),
+    /// The state of a run's children and the workers' counts; prints JSON.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct SubmitArgs {
+    /// Prefixes in --bucket or s3://bucket/prefix URIs (instead of --event).
+    #[arg(value_name = "PATH", conflicts_with = "event")]
+    paths: Vec<String>,
+    /// A file holding the event {"Paths": [...]}; `-` reads it from stdin.
+    #[arg(long, value_name = "FILE")]
+    event: Option<PathBuf>,
+    /// The bucket plain paths refer to; runs are kept in s3://BUCKET/embatch-runs/.
+    #[arg(long, env = "EMBATCH_BUCKET")]
+    bucket: Option<String>,
+    /// Where runs are kept instead of s3://BUCKET/embatch-runs/.
+    #[arg(long, value_name = "S3_URI")]
+    runs_uri: Option<S3Uri>,
+    /// AWS Batch job queue (name or ARN).
+    #[arg(long, env = "EMBATCH_JOB_QUEUE")]
+    job_queue: String,
+    /// AWS Batch job definition (name, name:revision or ARN).
+    #[arg(long, env = "EMBATCH_JOB_DEFINITION")]
+    job_definition: String,
+    /// DynamoDB table the workers write vectors to.
+    #[arg(long, env = "EMBATCH_TABLE")]
+    table: String,
+    /// Model spec path inside the worker container.
+    #[arg(long, default_value = DEFAULT_MODEL_SPEC)]
+    model_spec: String,
+    /// Images per manifest; one manifest per array child.
+    #[arg(long, default_value_t = DEFAULT_IMAGES_PER_JOB, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    images_per_job: usize,
+    /// How an object becomes its ImageId.
+    #[arg(long, value_enum, default_value_t = ImageIdMode::Key)]
+    image_id: ImageIdMode,
+    /// Image file extensions, case-insensitive, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_EXTENSIONS.iter().map(|s| s.to_string()))]
+    extensions: Vec<String>,
+    /// vCPU-seconds per image for the estimate (default from the measured inference and
+    /// decode cost of a large JPEG on one core).
+    #[arg(long, default_value_t = embatch_submitter::DEFAULT_SECONDS_PER_IMAGE)]
+    seconds_per_image: f64,
+    /// List and plan only; write and submit nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The run id (with --bucket or --runs-uri) or the run's s3:// folder.
+    run: String,
+    /// The bucket the run is kept in (under embatch-runs/).
+    #[arg(long, env = "EMBATCH_BUCKET")]
+    bucket: Option<String>,
+    /// Where runs are kept instead of s3://BUCKET/embatch-runs/.
+    #[arg(long, value_name = "S3_URI")]
+    runs_uri: Option<S3Uri>,
+    /// Refresh until every child has finished.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 30)]
+    interval: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "embatch_submitter=info,embatch=info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("embatch: error: {e:#}");
+            if e.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = embatch_records::aws::load(&AwsOptions {
+        endpoint_url: cli.endpoint_url,
+        region: cli.region,
+    })
+    .await;
+    let clients = Clients::new(&config);
+    match cli.command {
+        Command::Submit(args) => {
+            let event = read_event(&args)?;
+            let options = SubmitOptions {
+                bucket: args.bucket,
+                runs_uri: args.runs_uri,
+                job_queue: args.job_queue,
+                job_definition: args.job_definition,
+                table: args.table,
+                model_spec: args.model_spec,
+                images_per_job: args.images_per_job,
+                image_id: args.image_id,
+                extensions: ExtensionFilter::new(&args.extensions),
+                seconds_per_image: args.seconds_per_image,
+                dry_run: args.dry_run,
+            };
+            let summary = submit(&clients, &event, &options).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let runs = match (&args.runs_uri, &args.bucket) {
+                (None, None) => None,
+                (uri, bucket) => Some(runs_root(bucket.as_deref(), uri.as_ref())?),
+            };
+            let layout = status::locate(&args.run, runs.as_ref())?;
+            let state = loop {
+                let state = status::run_status(&clients, &layout).await?;
+                eprintln!("{}", state.line());
+                if !args.watch || state.finished {
+                    break state;
+                }
+                tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
+            };
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            Ok(if state.succeeded {
+                ExitCode::SUCCESS
+            } else if state.finished {
+                ExitCode::from(4)
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+/// The event from the arguments, the --event file, or stdin (`--event -`).
+fn read_event(args: &SubmitArgs) -> anyhow::Result<PathsEvent> {
+    match &args.event {
+        Some(path) if path.as_os_str() == "-" => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| InputError(format!("reading the event from stdin: {e}")))?;
+            Ok(PathsEvent::from_json(&bytes, "stdin")?)
+        }
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| InputError(format!("reading the event file {}: {e}", path.display())))?;
+            Ok(PathsEvent::from_json(&bytes, &path.display().to_string())?)
+        }
+        None if !args.paths.is_empty() => Ok(PathsEvent {
+            paths: args.paths.clone(),
+        }),
+        None => Err(InputError(
+            "no paths: give PATH arguments, --event FILE, or --event - to read the event from stdin"
+                .to_string(),
+        )
+        .into()),
+    }
+}

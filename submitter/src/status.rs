@@ -1,0 +1,382 @@
+//! Following a submitted run: the Batch state of every child, and the counts the workers
+//! reported.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use embatch_records::report::{ChildSummary, FailureLine};
+use embatch_records::run::{RunLayout, RunPlan};
+use embatch_records::s3uri::S3Uri;
+
+use crate::{Clients, InputError};
+
+/// Batch states in which a child is finished.
+const DONE_STATES: [&str; 2] = ["SUCCEEDED", "FAILED"];
+/// How many failure lines and failed children the status shows.
+const EXAMPLES: usize = 5;
+/// How many report objects are read at once.
+const READ_CONCURRENCY: usize = 16;
+/// DescribeJobs takes at most 100 job ids.
+const DESCRIBE_BATCH: usize = 100;
+
+/// One child that ended FAILED in Batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailedChild {
+    /// Its manifest number.
+    pub manifest: usize,
+    /// Its job id (`<array job id>:<index>` for array children).
+    pub job_id: String,
+    /// Batch's status reason, if any.
+    pub reason: Option<String>,
+}
+
+/// The state of one submitted job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobState {
+    /// Job id.
+    pub job_id: String,
+    /// The job's own status.
+    pub status: String,
+    /// Children per state (a plain job counts as its one child).
+    pub children: BTreeMap<String, u64>,
+}
+
+/// The totals of the workers' reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ReportTotals {
+    /// Manifests with a `<n>.summary.json`.
+    pub summaries: usize,
+    /// Images in those manifests.
+    pub images: u64,
+    /// Vectors written.
+    pub written: u64,
+    /// Images skipped (already stored).
+    pub skipped: u64,
+    /// Images failed, per the summaries.
+    pub failed: u64,
+    /// Lines in all `<n>.failures.jsonl` (also counts children that died before a summary).
+    pub failure_lines: u64,
+    /// A few of those lines.
+    pub failure_examples: Vec<FailureLine>,
+}
+
+/// The status of a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunStatus {
+    /// The run id.
+    pub run_id: String,
+    /// The run's folder.
+    pub run_uri: String,
+    /// Manifests (= children) in the run.
+    pub manifests: usize,
+    /// Children per Batch state over all jobs.
+    pub children: BTreeMap<String, u64>,
+    /// Every job.
+    pub jobs: Vec<JobState>,
+    /// Children that FAILED in Batch (the first few).
+    pub failed_children: Vec<FailedChild>,
+    /// What the workers reported.
+    pub reports: ReportTotals,
+    /// No child is still queued or running.
+    pub finished: bool,
+    /// Every child SUCCEEDED.
+    pub succeeded: bool,
+}
+
+impl RunStatus {
+    /// One line for humans.
+    pub fn line(&self) -> String {
+        let states: Vec<String> = self
+            .children
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        format!(
+            "run {}: {} children ({}); reports {}/{}: {} written, {} skipped, {} failed",
+            self.run_id,
+            self.manifests,
+            states.join(", "),
+            self.reports.summaries,
+            self.manifests,
+            self.reports.written,
+            self.reports.skipped,
+            self.reports.failed.max(self.reports.failure_lines),
+        )
+    }
+}
+
+/// The layout of a run named by `run` (a run id under `runs`, or the run's `s3://` folder).
+pub fn locate(run: &str, runs: Option<&S3Uri>) -> Result<RunLayout, InputError> {
+    if run.starts_with("s3://") {
+        let root = S3Uri::parse(run).map_err(|e| InputError(e.to_string()))?;
+        return Ok(RunLayout::from_root(root));
+    }
+    let runs = runs.ok_or_else(|| {
+        InputError(format!(
+            "cannot find run {run:?}: give --bucket or --runs-uri, or the run's s3:// folder"
+        ))
+    })?;
+    Ok(RunLayout::new(runs, run))
+}
+
+/// Reads `run.json`.
+pub async fn load_plan(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Result<RunPlan> {
+    let uri = layout.plan();
+    let bytes = match get(s3, &uri).await? {
+        Some(bytes) => bytes,
+        None => {
+            return Err(
+                InputError(format!("no run at {}: {uri} does not exist", layout.root)).into(),
+            )
+        }
+    };
+    serde_json::from_slice(&bytes).with_context(|| format!("reading the run plan {uri}"))
+}
+
+/// The status of the run in `layout`.
+pub async fn run_status(clients: &Clients, layout: &RunLayout) -> anyhow::Result<RunStatus> {
+    let plan = load_plan(&clients.s3, layout).await?;
+    let (jobs, failed_children) = job_states(&clients.batch, &plan).await?;
+    let reports = read_reports(&clients.s3, layout).await?;
+
+    let mut children: BTreeMap<String, u64> = BTreeMap::new();
+    for job in &jobs {
+        for (state, n) in &job.children {
+            *children.entry(state.clone()).or_default() += n;
+        }
+    }
+    let total: u64 = children.values().sum();
+    let done: u64 = DONE_STATES
+        .iter()
+        .map(|s| children.get(*s).copied().unwrap_or(0))
+        .sum();
+    let succeeded = children.get("SUCCEEDED").copied().unwrap_or(0);
+    Ok(RunStatus {
+        run_id: plan.run_id,
+        run_uri: plan.run_uri,
+        manifests: plan.manifests,
+        finished: total == plan.manifests as u64 && done == total,
+        succeeded: total == plan.manifests as u64 && succeeded == total,
+        children,
+        jobs,
+        failed_children,
+        reports,
+    })
+}
+
+/// DescribeJobs for every job of the plan; ListJobs for the failed children of arrays.
+async fn job_states(
+    batch: &aws_sdk_batch::Client,
+    plan: &RunPlan,
+) -> anyhow::Result<(Vec<JobState>, Vec<FailedChild>)> {
+    let mut described = BTreeMap::new();
+    for ids in plan.jobs.chunks(DESCRIBE_BATCH) {
+        let out = batch
+            .describe_jobs()
+            .set_jobs(Some(ids.iter().map(|j| j.job_id.clone()).collect()))
+            .send()
+            .await
+            .with_context(|| format!("describing the jobs of run {}", plan.run_id))?;
+        for job in out.jobs() {
+            described.insert(job.job_id().unwrap_or_default().to_string(), job.clone());
+        }
+    }
+
+    let mut states = Vec::with_capacity(plan.jobs.len());
+    let mut failed = Vec::new();
+    for submitted in &plan.jobs {
+        let job = described.get(&submitted.job_id).with_context(|| {
+            format!(
+                "job {} ({}) of run {} is unknown to AWS Batch",
+                submitted.job_id, submitted.job_name, plan.run_id
+            )
+        })?;
+        let status = job
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default();
+        let mut children = BTreeMap::new();
+        match submitted.array_size {
+            None => {
+                children.insert(status.clone(), 1);
+                if status == "FAILED" {
+                    failed.push(FailedChild {
+                        manifest: submitted.manifest_offset,
+                        job_id: submitted.job_id.clone(),
+                        reason: job.status_reason().map(str::to_string),
+                    });
+                }
+            }
+            Some(size) => {
+                let summary = job.array_properties().and_then(|a| a.status_summary());
+                match summary {
+                    Some(summary) if summary.values().any(|&n| n > 0) => {
+                        for (state, &n) in summary {
+                            if n > 0 {
+                                children.insert(state.clone(), n as u64);
+                            }
+                        }
+                    }
+                    // Not yet summarised: every child is where the parent is.
+                    _ => {
+                        children.insert(status.clone(), size as u64);
+                    }
+                }
+                if children.get("FAILED").is_some_and(|&n| n > 0) && failed.len() < EXAMPLES {
+                    failed.extend(
+                        failed_children(batch, &submitted.job_id, submitted.manifest_offset)
+                            .await?,
+                    );
+                }
+            }
+        }
+        states.push(JobState {
+            job_id: submitted.job_id.clone(),
+            status,
+            children,
+        });
+    }
+    failed.truncate(EXAMPLES);
+    Ok((states, failed))
+}
+
+/// The FAILED children of an array job, all pages (AWS paginates ListJobs; the emulator
+/// does not).
+async fn failed_children(
+    batch: &aws_sdk_batch::Client,
+    array_job_id: &str,
+    offset: usize,
+) -> anyhow::Result<Vec<FailedChild>> {
+    let mut pages = batch
+        .list_jobs()
+        .array_job_id(array_job_id)
+        .job_status(aws_sdk_batch::types::JobStatus::Failed)
+        .into_paginator()
+        .send();
+    let mut out = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page =
+            page.with_context(|| format!("listing the failed children of {array_job_id}"))?;
+        for child in page.job_summary_list() {
+            let job_id = child.job_id().unwrap_or_default().to_string();
+            // The index is in arrayProperties on AWS; the emulator only has it in the id.
+            let index = child
+                .array_properties()
+                .and_then(|a| a.index())
+                .map(|i| i as usize)
+                .or_else(|| job_id.rsplit_once(':').and_then(|(_, i)| i.parse().ok()));
+            out.push(FailedChild {
+                manifest: offset + index.unwrap_or(0),
+                job_id,
+                reason: child.status_reason().map(str::to_string),
+            });
+        }
+    }
+    out.sort_by_key(|c| c.manifest);
+    Ok(out)
+}
+
+/// Sums every `<n>.summary.json` and counts every `<n>.failures.jsonl` under `reports/`.
+async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Result<ReportTotals> {
+    let prefix = layout.root.join("reports/");
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(&prefix.bucket)
+        .prefix(&prefix.key)
+        .max_keys(crate::listing::PAGE_SIZE)
+        .into_paginator()
+        .send();
+    let mut keys = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.with_context(|| format!("listing {prefix}"))?;
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+    }
+
+    let reports: Vec<Report> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let uri = S3Uri::new(prefix.bucket.clone(), key);
+            let Some(bytes) = get(s3, &uri).await? else {
+                return Ok(Report::None);
+            };
+            if uri.key.ends_with(".summary.json") {
+                let summary: ChildSummary = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading the worker summary {uri}"))?;
+                Ok(Report::Summary(summary))
+            } else if uri.key.ends_with(".failures.jsonl") {
+                let mut lines = Vec::new();
+                let mut count = 0u64;
+                for line in bytes
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.trim_ascii().is_empty())
+                {
+                    count += 1;
+                    if lines.len() < EXAMPLES {
+                        let failure: FailureLine = serde_json::from_slice(line)
+                            .with_context(|| format!("reading the failure report {uri}"))?;
+                        lines.push(failure);
+                    }
+                }
+                Ok(Report::Failures(count, lines))
+            } else {
+                Ok(Report::None)
+            }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    let mut totals = ReportTotals::default();
+    for report in reports {
+        match report {
+            Report::Summary(s) => {
+                totals.summaries += 1;
+                totals.images += s.images;
+                totals.written += s.written;
+                totals.skipped += s.skipped;
+                totals.failed += s.failed;
+            }
+            Report::Failures(count, lines) => {
+                totals.failure_lines += count;
+                let room = EXAMPLES.saturating_sub(totals.failure_examples.len());
+                totals.failure_examples.extend(lines.into_iter().take(room));
+            }
+            Report::None => {}
+        }
+    }
+    Ok(totals)
+}
+
+enum Report {
+    Summary(ChildSummary),
+    Failures(u64, Vec<FailureLine>),
+    None,
+}
+
+/// The object's bytes, or `None` if it does not exist.
+async fn get(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<Option<Vec<u8>>> {
+    match s3
+        .get_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await
+    {
+        Ok(out) => {
+            let body = out
+                .body
+                .collect()
+                .await
+                .with_context(|| format!("reading {uri}"))?;
+            Ok(Some(body.to_vec()))
+        }
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {uri}"))),
+    }
+}
