@@ -141,7 +141,8 @@ def check_resources(c: dict, out: dict, prefixes: list[str], subnet: str, sg: st
     rules = [(r.get("onStatusReason"), r.get("onExitCode"), r.get("onReason"), r["action"].upper())
              for r in rs["evaluateOnExit"]]
     check(rules == [("Host EC2*", None, None, "RETRY"), (None, "75", None, "RETRY"),
-                    (None, "143", None, "RETRY"), (None, None, "*", "EXIT")],
+                    (None, "143", None, "RETRY"), (None, "*", None, "EXIT"),
+                    (None, None, "*", "EXIT")],
           "retry on host failure / spot reclaim, 75, 143; exit otherwise (incl. 2)")
 
     # IAM: the job role's statements, resource by resource.

@@ -383,6 +383,11 @@ resource "aws_batch_job_definition" "worker" {
       action       = "retry"
     }
     evaluate_on_exit {
+      on_exit_code = "*"
+      action       = "exit"
+    }
+    # No exit code (e.g. the image could not be pulled): do not retry either.
+    evaluate_on_exit {
       on_reason = "*"
       action    = "exit"
     }
