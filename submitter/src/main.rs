@@ -73,7 +73,7 @@ struct SubmitArgs {
     #[arg(long, default_value = DEFAULT_MODEL_SPEC)]
     model_spec: String,
     /// Images per manifest; one manifest per array child.
-    #[arg(long, default_value_t = DEFAULT_IMAGES_PER_JOB, value_parser = clap::value_parser!(u64).range(1..).map(|v| v as usize))]
+    #[arg(long, default_value_t = DEFAULT_IMAGES_PER_JOB, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     images_per_job: usize,
     /// How an object becomes its ImageId.
     #[arg(long, value_enum, default_value_t = ImageIdMode::Key)]

@@ -300,34 +300,7 @@ async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Re
     }
 
     let reports: Vec<Report> = futures::stream::iter(keys)
-        .map(|key| async move {
-            let uri = S3Uri::new(prefix.bucket.clone(), key);
-            let Some(bytes) = get(s3, &uri).await? else {
-                return Ok(Report::None);
-            };
-            if uri.key.ends_with(".summary.json") {
-                let summary: ChildSummary = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("reading the worker summary {uri}"))?;
-                Ok(Report::Summary(summary))
-            } else if uri.key.ends_with(".failures.jsonl") {
-                let mut lines = Vec::new();
-                let mut count = 0u64;
-                for line in bytes
-                    .split(|&b| b == b'\n')
-                    .filter(|l| !l.trim_ascii().is_empty())
-                {
-                    count += 1;
-                    if lines.len() < EXAMPLES {
-                        let failure: FailureLine = serde_json::from_slice(line)
-                            .with_context(|| format!("reading the failure report {uri}"))?;
-                        lines.push(failure);
-                    }
-                }
-                Ok(Report::Failures(count, lines))
-            } else {
-                Ok(Report::None)
-            }
-        })
+        .map(|key| read_report(s3, S3Uri::new(prefix.bucket.clone(), key)))
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
@@ -351,6 +324,35 @@ async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Re
         }
     }
     Ok(totals)
+}
+
+/// One report object: a summary, or a failure report's line count and first lines.
+async fn read_report(s3: &aws_sdk_s3::Client, uri: S3Uri) -> anyhow::Result<Report> {
+    let Some(bytes) = get(s3, &uri).await? else {
+        return Ok(Report::None);
+    };
+    if uri.key.ends_with(".summary.json") {
+        let summary: ChildSummary = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading the worker summary {uri}"))?;
+        Ok(Report::Summary(summary))
+    } else if uri.key.ends_with(".failures.jsonl") {
+        let mut lines = Vec::new();
+        let mut count = 0u64;
+        for line in bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.trim_ascii().is_empty())
+        {
+            count += 1;
+            if lines.len() < EXAMPLES {
+                let failure: FailureLine = serde_json::from_slice(line)
+                    .with_context(|| format!("reading the failure report {uri}"))?;
+                lines.push(failure);
+            }
+        }
+        Ok(Report::Failures(count, lines))
+    } else {
+        Ok(Report::None)
+    }
 }
 
 enum Report {

@@ -134,7 +134,10 @@ pub async fn submit_jobs(
                 spec.manifest_offset + spec.manifests
             ))
         })?;
-        let job_id = out.job_id().to_string();
+        let job_id = out
+            .job_id()
+            .with_context(|| format!("AWS Batch returned no job id for {name}"))?
+            .to_string();
         tracing::info!(job = %name, %job_id, array_size = ?spec.array_size(), "submitted");
         submitted.push(SubmittedJob {
             job_id,
