@@ -1,10 +1,13 @@
 //! A local stand-in for the cloud, for tests and the local run.
 //!
 //! - [`python`]: the project's Python environment (`.venv`, made by `scripts/setup`).
+//! - [`batch`]: plays AWS Batch (runs the worker per array child with Batch's environment), and
+//!   creates the compute environment, job queue and job definition in the emulator.
 //! - [`emulator`]: the AWS emulator (moto server) on a free 127.0.0.1 port, and aws-sdk config for it.
 //! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random weights.
 //!
 //! Nothing here is used by the deployed worker or submitter.
 
+pub mod batch;
 pub mod python;
 pub mod test_model;

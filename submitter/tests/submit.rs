@@ -1,0 +1,526 @@
+//! The real `embatch` binary against the emulator with the real aws-sdk clients.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::Fixture;
+use embatch_localaws::emulator::unique_name;
+use embatch_records::manifest::{parse_jsonl, ManifestLine};
+use embatch_records::run::{env, RunLayout, RunPlan};
+use embatch_records::s3uri::S3Uri;
+
+const RUNS: &str = "embatch-runs/";
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Reads every manifest of a run, in order.
+async fn manifests(f: &Fixture, summary: &serde_json::Value) -> Vec<Vec<ManifestLine>> {
+    let root = S3Uri::parse(summary["run_uri"].as_str().unwrap()).unwrap();
+    let layout = RunLayout::from_root(root);
+    let n = summary["manifests"].as_u64().unwrap() as usize;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let uri = layout.manifest(i);
+        let bytes = f.get(&uri.bucket, &uri.key).await;
+        out.push(parse_jsonl(&bytes, &uri.to_string()).unwrap());
+    }
+    out
+}
+
+/// The environment a job was submitted with, read back from DescribeJobs.
+async fn job_env(f: &Fixture, job_id: &str) -> Vec<(String, String)> {
+    let out = f.batch.describe_jobs().jobs(job_id).send().await.unwrap();
+    let job = &out.jobs()[0];
+    job.container()
+        .unwrap()
+        .environment()
+        .iter()
+        .map(|kv| {
+            (
+                kv.name().unwrap().to_string(),
+                kv.value().unwrap().to_string(),
+            )
+        })
+        .filter(|(k, _)| k.starts_with("EMBATCH_"))
+        .collect()
+}
+
+fn env_value<'a>(env: &'a [(String, String)], name: &str) -> &'a str {
+    &env.iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("{name} not set in {env:?}"))
+        .1
+}
+
+#[tokio::test]
+async fn one_manifest_is_a_plain_job_with_the_run_in_its_environment() {
+    let f = Fixture::new().await;
+    let keys = strings(&["photos/a.jpg", "photos/b.PNG", "photos/sub/c.webp"]);
+    f.put_all(&f.bucket, &keys, b"not really an image").await;
+
+    let mut args = f.submit_args();
+    args.push("photos".into());
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["images"], 3);
+    assert_eq!(summary["manifests"], 1);
+    let jobs = summary["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(jobs[0]["array_size"].is_null(), "{summary}");
+    let run_id = summary["run_id"].as_str().unwrap();
+    assert!(jobs[0]["job_name"].as_str().unwrap().contains(run_id));
+
+    // Batch sees a plain job with the contract's environment.
+    let job_id = jobs[0]["job_id"].as_str().unwrap();
+    let described = f.batch.describe_jobs().jobs(job_id).send().await.unwrap();
+    assert!(described.jobs()[0]
+        .array_properties()
+        .and_then(|a| a.size())
+        .is_none());
+    let env = job_env(&f, job_id).await;
+    assert_eq!(env_value(&env, env::RUN_ID), run_id);
+    assert_eq!(
+        env_value(&env, env::RUN_URI),
+        format!("s3://{}/{RUNS}{run_id}/", f.bucket)
+    );
+    assert_eq!(env_value(&env, env::MANIFEST_OFFSET), "0");
+    assert_eq!(env_value(&env, env::TABLE), f.table);
+    assert_eq!(
+        env_value(&env, env::MODEL_SPEC),
+        "/opt/embatch/models/resnet18-v2.toml"
+    );
+
+    // The manifest holds every image with its size, ETag and ImageId.
+    let m = manifests(&f, &summary).await;
+    assert_eq!(m.len(), 1);
+    let listed: Vec<&str> = m[0].iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(
+        listed,
+        ["photos/a.jpg", "photos/b.PNG", "photos/sub/c.webp"]
+    );
+    for line in &m[0] {
+        assert_eq!(line.bucket, f.bucket);
+        assert_eq!(line.size, b"not really an image".len() as u64);
+        assert_eq!(line.image_id, line.key);
+        let head =
+            f.s3.head_object()
+                .bucket(&f.bucket)
+                .key(&line.key)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(head.e_tag().unwrap().trim_matches('"'), line.etag);
+    }
+
+    // run.json is the plan, with the same jobs.
+    let plan_uri = S3Uri::parse(summary["plan_uri"].as_str().unwrap()).unwrap();
+    let plan: RunPlan =
+        serde_json::from_slice(&f.get(&plan_uri.bucket, &plan_uri.key).await).unwrap();
+    assert_eq!(plan.run_id, run_id);
+    assert_eq!(plan.images, 3);
+    assert_eq!(plan.table, f.table);
+    assert_eq!(serde_json::to_value(&plan.jobs).unwrap(), summary["jobs"]);
+}
+
+#[tokio::test]
+async fn two_manifests_make_one_array_job_of_size_two() {
+    let f = Fixture::new().await;
+    let keys = strings(&["p/1.jpg", "p/2.jpg", "p/3.jpg"]);
+    f.put_all(&f.bucket, &keys, b"x").await;
+
+    let mut args = f.submit_args();
+    args.extend(strings(&["--images-per-job", "2", "p/"]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["manifests"], 2);
+    let jobs = summary["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["array_size"], 2);
+    let job_id = jobs[0]["job_id"].as_str().unwrap();
+    let described = f.batch.describe_jobs().jobs(job_id).send().await.unwrap();
+    assert_eq!(
+        described.jobs()[0]
+            .array_properties()
+            .and_then(|a| a.size()),
+        Some(2)
+    );
+
+    let m = manifests(&f, &summary).await;
+    assert_eq!(m.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+}
+
+#[tokio::test]
+async fn ten_thousand_and_one_manifests_are_split_into_two_arrays() {
+    let f = Fixture::new().await;
+    let keys: Vec<String> = (0..10_001).map(|i| format!("many/{i:05}.jpg")).collect();
+    f.put_all(&f.bucket, &keys, b"x").await;
+
+    let mut args = f.submit_args();
+    args.extend(strings(&["--images-per-job", "1", "many/"]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["images"], 10_001);
+    assert_eq!(summary["manifests"], 10_001);
+    assert_eq!(summary["listing"]["pages"], 11, "1000 keys a page");
+
+    let jobs = summary["jobs"].as_array().unwrap();
+    let shape: Vec<(u64, u64)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["manifest_offset"].as_u64().unwrap(),
+                j["array_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shape, [(0, 5001), (5001, 5000)]);
+    for (job, (offset, size)) in jobs.iter().zip(&shape) {
+        let id = job["job_id"].as_str().unwrap();
+        let described = f.batch.describe_jobs().jobs(id).send().await.unwrap();
+        assert_eq!(
+            described.jobs()[0]
+                .array_properties()
+                .and_then(|a| a.size()),
+            Some(*size as i32)
+        );
+        let env = job_env(&f, id).await;
+        assert_eq!(env_value(&env, env::MANIFEST_OFFSET), offset.to_string());
+    }
+
+    // Every manifest was written, each with one image, and together they hold every key once.
+    let run_key = S3Uri::parse(summary["manifest_prefix"].as_str().unwrap())
+        .unwrap()
+        .key;
+    let written = f.keys(&f.bucket, &run_key).await;
+    assert_eq!(written.len(), 10_001);
+    let root = S3Uri::parse(summary["run_uri"].as_str().unwrap()).unwrap();
+    let layout = RunLayout::from_root(root);
+    let last = layout.manifest(10_000);
+    let lines = parse_jsonl(&f.get(&last.bucket, &last.key).await, "last").unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].key, "many/10000.jpg", "manifests follow key order");
+}
+
+#[tokio::test]
+async fn dry_run_pages_through_more_than_1000_keys_and_writes_nothing() {
+    let f = Fixture::new().await;
+    let mut keys: Vec<String> = (0..1500).map(|i| format!("big/{i:04}.jpeg")).collect();
+    keys.push("big/notes.txt".into());
+    f.put_all(&f.bucket, &keys, b"x").await;
+    f.put_all(&f.bucket, &strings(&["big/", "big/empty.jpg"]), b"")
+        .await;
+
+    let mut args = f.submit_args();
+    args.extend(strings(&["--dry-run", "--seconds-per-image", "0.5", "big"]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["dry_run"], true);
+    assert_eq!(summary["images"], 1500);
+    assert_eq!(summary["manifests"], 2);
+    assert_eq!(
+        summary["listing"]["pages"], 2,
+        "more than one page was requested"
+    );
+    assert_eq!(summary["listing"]["objects"], 1503);
+    assert_eq!(summary["listing"]["directory_markers"], 1);
+    assert_eq!(summary["listing"]["empty"], 1);
+    assert_eq!(summary["listing"]["not_images"], 1);
+    assert_eq!(summary["jobs"][0]["array_size"], 2);
+    let hours = summary["estimated_vcpu_hours"].as_f64().unwrap();
+    assert!((hours - 1500.0 * 0.5 / 3600.0).abs() < 1e-9, "{hours}");
+
+    assert!(
+        f.keys(&f.bucket, RUNS).await.is_empty(),
+        "a dry run wrote to S3"
+    );
+    assert_eq!(f.jobs_in_queue().await, 0, "a dry run submitted a job");
+}
+
+#[tokio::test]
+async fn keys_with_spaces_unicode_plus_and_percent_reach_the_manifest_unchanged() {
+    let f = Fixture::new().await;
+    let keys = strings(&[
+        "odd/a b.jpg",
+        "odd/ünï cödé 日本.png",
+        "odd/a+b.jpeg",
+        "odd/100%.JPG",
+        "odd/x%2By.jpg",
+        "odd/sp  ace/+%20.gif",
+    ]);
+    f.put_all(&f.bucket, &keys, b"img").await;
+
+    let mut args = f.submit_args();
+    args.push("odd/".into());
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let m = manifests(&f, &out.json()).await;
+    let listed: BTreeSet<String> = m[0].iter().map(|l| l.key.clone()).collect();
+    assert_eq!(listed, keys.iter().cloned().collect::<BTreeSet<_>>());
+    // Each key in the manifest fetches its object.
+    for line in &m[0] {
+        assert_eq!(f.get(&line.bucket, &line.key).await, b"img", "{}", line.key);
+    }
+}
+
+#[tokio::test]
+async fn two_buckets_and_overlapping_prefixes_list_each_image_once() {
+    let f = Fixture::new().await;
+    let other = unique_name("other");
+    f.s3.create_bucket().bucket(&other).send().await.unwrap();
+    f.put_all(
+        &f.bucket,
+        &strings(&["imgs/a/1.jpg", "imgs/a/2.jpg", "imgs/b/3.jpg"]),
+        b"x",
+    )
+    .await;
+    f.put_all(&other, &strings(&["more/4.png", "imgs/a/1.jpg"]), b"y")
+        .await;
+
+    let event =
+        serde_json::json!({"Paths": ["imgs", "imgs/a", "imgs/a/1", format!("s3://{other}/")]});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), event.to_string()).unwrap();
+    let mut args = f.submit_args();
+    args.extend(strings(&[
+        "--image-id",
+        "uri",
+        "--event",
+        file.path().to_str().unwrap(),
+    ]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["images"], 5);
+    assert_eq!(
+        summary["listing"]["duplicates"], 3,
+        "imgs/a/* twice more, imgs/a/1.jpg once more"
+    );
+    let m = manifests(&f, &summary).await;
+    let uris: Vec<String> = m[0].iter().map(|l| l.uri()).collect();
+    let b = &f.bucket;
+    let mut expected = vec![
+        format!("s3://{b}/imgs/a/1.jpg"),
+        format!("s3://{b}/imgs/a/2.jpg"),
+        format!("s3://{b}/imgs/b/3.jpg"),
+        format!("s3://{other}/imgs/a/1.jpg"),
+        format!("s3://{other}/more/4.png"),
+    ];
+    expected.sort();
+    let mut got = uris.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(m[0].iter().all(|l| l.image_id == l.uri()));
+
+    // The same two buckets under --image-id key: imgs/a/1.jpg exists in both -> refused.
+    let mut args = f.submit_args();
+    args.extend(strings(&["--event", file.path().to_str().unwrap()]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ImageId \"imgs/a/1.jpg\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn an_image_id_collision_stops_the_run_naming_both_objects() {
+    let f = Fixture::new().await;
+    f.put_all(
+        &f.bucket,
+        &strings(&["x/cat.jpg", "y/cat.png", "y/dog.jpg"]),
+        b"x",
+    )
+    .await;
+    let mut args = f.submit_args();
+    args.extend(strings(&["--image-id", "stem", "x", "y"]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let b = &f.bucket;
+    assert!(
+        out.stderr.contains(&format!(
+            "ImageId \"cat\": s3://{b}/x/cat.jpg and s3://{b}/y/cat.png"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+    assert!(f.keys(&f.bucket, RUNS).await.is_empty());
+    assert_eq!(f.jobs_in_queue().await, 0);
+}
+
+#[tokio::test]
+async fn no_images_is_a_clear_error_and_nothing_is_submitted() {
+    let f = Fixture::new().await;
+    f.put_all(&f.bucket, &strings(&["empty/notes.txt"]), b"x")
+        .await;
+    f.put_all(&f.bucket, &strings(&["empty/", "empty/zero.jpg"]), b"")
+        .await;
+    let mut args = f.submit_args();
+    args.push("empty".into());
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("no images under"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("1 directory markers, 1 not images, 1 empty"),
+        "{}",
+        out.stderr
+    );
+    assert!(f.keys(&f.bucket, RUNS).await.is_empty());
+    assert_eq!(f.jobs_in_queue().await, 0);
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_before_anything_is_written() {
+    let f = Fixture::new().await;
+    f.put_all(&f.bucket, &strings(&["ok/1.jpg"]), b"x").await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(&bad_json, b"{\"Paths\": [\"ok\"").unwrap();
+    let bad_json = bad_json.to_str().unwrap().to_string();
+    let missing = dir
+        .path()
+        .join("missing.json")
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let base = f.submit_args();
+    let with = |replace: &[(&str, &str)], extra: &[&str]| {
+        let mut args = base.clone();
+        for (flag, value) in replace {
+            let i = args.iter().position(|a| a == flag).unwrap();
+            args[i + 1] = value.to_string();
+        }
+        args.extend(strings(extra));
+        args
+    };
+    let no_bucket: Vec<String> = {
+        let mut a = base.clone();
+        let i = a.iter().position(|a| a == "--bucket").unwrap();
+        a.drain(i..i + 2);
+        a.extend(strings(&[
+            "--runs-uri",
+            &format!("s3://{}/runs/", f.bucket),
+            "ok",
+        ]));
+        a
+    };
+    let cases: Vec<(&str, Vec<String>, Option<&[u8]>, String)> = vec![
+        (
+            "malformed JSON file",
+            with(&[], &["--event", &bad_json]),
+            None,
+            format!("malformed event in {bad_json}"),
+        ),
+        (
+            "malformed JSON on stdin",
+            with(&[], &["--event", "-"]),
+            Some(b"{Paths: 1}"),
+            "malformed event in stdin".into(),
+        ),
+        (
+            "wrong field name",
+            with(&[], &["--event", "-"]),
+            Some(br#"{"paths": ["ok"]}"#),
+            "unknown field `paths`".into(),
+        ),
+        (
+            "empty list",
+            with(&[], &["--event", "-"]),
+            Some(br#"{"Paths": []}"#),
+            "Paths list is empty".into(),
+        ),
+        ("no paths at all", with(&[], &[]), None, "no paths".into()),
+        (
+            "unreadable event file",
+            with(&[], &["--event", &missing]),
+            None,
+            "reading the event file".into(),
+        ),
+        (
+            "path without a bucket",
+            no_bucket,
+            None,
+            "path \"ok\" names no bucket".into(),
+        ),
+        (
+            "missing bucket",
+            with(&[], &["s3://no-such-bucket-here/ok"]),
+            None,
+            "bucket \"no-such-bucket-here\" does not exist".into(),
+        ),
+        (
+            "missing default bucket",
+            with(&[("--bucket", "nope-nope")], &["ok"]),
+            None,
+            "bucket \"nope-nope\" does not exist".into(),
+        ),
+        (
+            "unknown job queue",
+            with(&[("--job-queue", "nope")], &["ok"]),
+            None,
+            "job queue \"nope\" does not exist".into(),
+        ),
+        (
+            "unknown job definition",
+            with(&[("--job-definition", "nope")], &["ok"]),
+            None,
+            "job definition \"nope\" does not exist".into(),
+        ),
+        (
+            "unknown revision",
+            with(&[], &["ok"])
+                .into_iter()
+                .map(|a| {
+                    if a == f.resources.job_definition {
+                        format!("{a}:7")
+                    } else {
+                        a
+                    }
+                })
+                .collect(),
+            None,
+            ":7\" does not exist".into(),
+        ),
+        (
+            "unknown table",
+            with(&[("--table", "nope")], &["ok"]),
+            None,
+            "table \"nope\" does not exist".into(),
+        ),
+    ];
+    for (name, args, stdin, expected) in cases {
+        let out = f.embatch(&args, stdin).await;
+        assert_eq!(out.code, 2, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&expected),
+            "{name}: expected {expected:?} in {}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{name}");
+    }
+    assert!(
+        f.keys(&f.bucket, "").await == ["ok/1.jpg"],
+        "something was written"
+    );
+    assert_eq!(f.jobs_in_queue().await, 0);
+
+    // The same flags with good values do submit (the cases above failed for their reason).
+    let out = f.embatch(&with(&[], &["ok"]), None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let def_rev = format!("{}:1", f.resources.job_definition);
+    let out = f
+        .embatch(&with(&[("--job-definition", &def_rev)], &["ok"]), None)
+        .await;
+    assert_eq!(out.code, 0, "name:revision is accepted: {}", out.stderr);
+    assert_eq!(f.jobs_in_queue().await, 2);
+}
