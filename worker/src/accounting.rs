@@ -1,0 +1,262 @@
+//! Nothing lost: every manifest line ends in exactly one outcome (written, skipped, failed),
+//! counted here; failures go to a JSON Lines report, spooled to a temporary file so memory
+//! does not grow with the number of failures, and uploaded next to the run's manifests.
+
+use std::io::{BufWriter, Seek, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use embatch_records::report::{ChildSummary, FailureLine};
+use embatch_records::s3uri::S3Uri;
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use crate::manifest::WorkItem;
+
+/// How one manifest line ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its vector is stored.
+    Written,
+    /// Already stored with the same ETag and model.
+    Skipped,
+    /// A permanent per-image failure (in the report).
+    Failed,
+}
+
+/// Running counts of one child, shared by all stages.
+#[derive(Debug)]
+pub struct Tally {
+    images: u64,
+    written: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    computed: AtomicU64,
+    report: Mutex<BufWriter<std::fs::File>>,
+    progress: ProgressBar,
+    /// Busy time per stage, summed over parallel workers.
+    pub times: StageTimes,
+}
+
+/// Busy time of each stage in nanoseconds, summed over the stage's parallel workers.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    /// Resume lookups in the table.
+    pub resume: AtomicU64,
+    /// S3 downloads (request to last body byte).
+    pub fetch: AtomicU64,
+    /// Decode and preprocess.
+    pub decode: AtomicU64,
+    /// Inference.
+    pub infer: AtomicU64,
+    /// Table writes.
+    pub write: AtomicU64,
+}
+
+impl StageTimes {
+    /// Adds `elapsed` to `stage`.
+    pub fn add(stage: &AtomicU64, elapsed: Duration) {
+        stage.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The counts at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Lines in the manifest.
+    pub images: u64,
+    /// Vectors stored by this attempt.
+    pub written: u64,
+    /// Already stored.
+    pub skipped: u64,
+    /// Permanent failures.
+    pub failed: u64,
+    /// Vectors computed and handed to the write stage (written once stored).
+    pub computed: u64,
+}
+
+impl Counts {
+    /// Lines that have an outcome.
+    pub fn accounted(&self) -> u64 {
+        self.written + self.skipped + self.failed
+    }
+
+    /// Whether every line has an outcome.
+    pub fn complete(&self) -> bool {
+        self.accounted() == self.images
+    }
+}
+
+impl Tally {
+    /// A tally for a manifest of `images` lines; `progress` advances with each outcome.
+    pub fn new(images: u64, progress: ProgressBar) -> anyhow::Result<Tally> {
+        let spool = tempfile::tempfile().context("creating a temporary file for the failure report")?;
+        progress.set_length(images);
+        Ok(Tally {
+            images,
+            written: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            computed: AtomicU64::new(0),
+            report: Mutex::new(BufWriter::new(spool)),
+            progress,
+            times: StageTimes::default(),
+        })
+    }
+
+    /// Records `n` lines ending as `outcome` (for `Failed`, use [`Tally::fail`]).
+    pub fn add(&self, outcome: Outcome, n: u64) {
+        let counter = match outcome {
+            Outcome::Written => &self.written,
+            Outcome::Skipped => &self.skipped,
+            Outcome::Failed => &self.failed,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        self.progress.inc(n);
+    }
+
+    /// Records a vector computed and handed to the write stage.
+    pub fn computed(&self) {
+        self.computed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a permanent failure of `item` and appends it to the report.
+    pub fn fail(&self, item: &WorkItem, kind: &str, message: impl Into<String>) {
+        let failure = FailureLine {
+            bucket: item.line.bucket.clone(),
+            key: item.line.key.clone(),
+            image_id: item.line.image_id.clone(),
+            kind: kind.to_string(),
+            message: message.into(),
+        };
+        tracing::debug!(uri = %item.line.uri(), line = item.line_no, kind, message = %failure.message, "image failed");
+        {
+            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            let written = serde_json::to_writer(&mut *report, &failure)
+                .map_err(std::io::Error::from)
+                .and_then(|()| report.write_all(b"\n"));
+            if let Err(e) = written {
+                // The count below still records it; the summary then disagrees with the
+                // report, which the final check reports as an error.
+                tracing::error!(error = %e, "cannot spool the failure report");
+            }
+        }
+        self.add(Outcome::Failed, 1);
+    }
+
+    /// The counts now.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            images: self.images,
+            written: self.written.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            computed: self.computed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The progress bar (hidden when not on a terminal).
+    pub fn progress(&self) -> &ProgressBar {
+        &self.progress
+    }
+
+    /// Uploads the failure report to `uri` (an empty file when nothing failed, so that its
+    /// presence tells the child finished).
+    pub async fn upload_report(&self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<()> {
+        let file = {
+            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+            report.flush().context("flushing the failure report")?;
+            let mut file = report.get_ref().try_clone().context("reopening the failure report")?;
+            file.rewind().context("rewinding the failure report")?;
+            file
+        };
+        let body = ByteStream::read_from()
+            .file(tokio::fs::File::from_std(file))
+            .build()
+            .await
+            .context("reading the spooled failure report")?;
+        put(s3, uri, body, "application/x-ndjson").await
+    }
+}
+
+/// Uploads the child's summary as JSON to `uri`.
+pub async fn upload_summary(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+    summary: &ChildSummary,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(summary).context("serialising the summary")?;
+    put(s3, uri, ByteStream::from(json), "application/json").await
+}
+
+async fn put(
+    s3: &aws_sdk_s3::Client,
+    uri: &S3Uri,
+    body: ByteStream,
+    content_type: &str,
+) -> anyhow::Result<()> {
+    s3.put_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .content_type(content_type)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("writing {uri}: {}", DisplayErrorContext(&e)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embatch_records::manifest::ManifestLine;
+    use std::io::Read;
+
+    fn item(n: usize) -> WorkItem {
+        WorkItem {
+            line_no: n,
+            line: ManifestLine {
+                bucket: "b".into(),
+                key: format!("k{n}.jpg"),
+                size: 1,
+                etag: "e".into(),
+                image_id: format!("k{n}"),
+            },
+        }
+    }
+
+    #[test]
+    fn every_outcome_counts_once_and_failures_are_reported_as_json_lines() {
+        let tally = Tally::new(4, ProgressBar::hidden()).unwrap();
+        tally.add(Outcome::Written, 1);
+        tally.add(Outcome::Skipped, 1);
+        assert!(!tally.counts().complete());
+        tally.fail(&item(3), "not_found", "s3://b/k3.jpg does not exist");
+        tally.fail(&item(4), "corrupt", "bad \"data\"\nhere");
+        let counts = tally.counts();
+        assert_eq!((counts.written, counts.skipped, counts.failed), (1, 1, 2));
+        assert!(counts.complete());
+
+        let report = tally.report.lock().unwrap();
+        let mut file = report.get_ref().try_clone().unwrap();
+        drop(report);
+        tally.report.lock().unwrap().flush().unwrap();
+        file.rewind().unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        let lines: Vec<FailureLine> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].key.as_str(), lines[0].kind.as_str()), ("k3.jpg", "not_found"));
+        assert_eq!(lines[1].message, "bad \"data\"\nhere");
+    }
+}

@@ -1,0 +1,293 @@
+//! Fetching images from S3, many in flight, within a budget of buffered bytes.
+//!
+//! Transient failures (5xx, SlowDown, timeouts, connection resets, a body cut short — which the
+//! SDK does not retry) are retried with the shared backoff policy; when the budget is spent the
+//! child stops (exit 75). A missing or forbidden object, or one over the size limit, is a
+//! permanent failure of that image only. The size limit is checked before downloading (the
+//! manifest's size, then `Content-Length`) and again while the body streams in.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use bytes::{Bytes, BytesMut};
+use embatch_engine::ImageError;
+use embatch_records::retry::{is_transient_sdk_error, RetryPolicy};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::accounting::{StageTimes, Tally};
+use crate::manifest::WorkItem;
+use crate::shutdown::{Stop, StopReason};
+use crate::Fatal;
+
+/// The budget is counted in units of this many bytes (semaphore permits are `u32`).
+const BUDGET_UNIT: u64 = 1024;
+
+/// An image downloaded in full.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Its manifest line.
+    pub item: WorkItem,
+    /// The object's bytes.
+    pub bytes: Bytes,
+    /// The object's ETag as served (without quotes).
+    pub etag: String,
+    /// Its share of the buffer budget, released when the bytes are dropped.
+    pub budget: OwnedSemaphorePermit,
+}
+
+/// Why an image was not fetched.
+#[derive(Debug)]
+pub enum FetchError {
+    /// A permanent failure of this image (goes to the report).
+    Image {
+        /// The image.
+        item: Box<WorkItem>,
+        /// Stable kind for the report.
+        kind: &'static str,
+        /// What went wrong, naming the object.
+        message: String,
+    },
+    /// S3 kept failing after the retries: the child cannot finish.
+    Infrastructure(anyhow::Error),
+}
+
+/// Downloads images.
+#[derive(Clone, Debug)]
+pub struct Fetcher {
+    s3: aws_sdk_s3::Client,
+    max_bytes: u64,
+    policy: RetryPolicy,
+    budget: Arc<Semaphore>,
+    budget_units: u32,
+}
+
+enum Attempt {
+    /// Kind and message of a permanent failure.
+    Permanent((&'static str, String)),
+    Transient(String),
+}
+
+impl Fetcher {
+    /// A fetcher refusing objects over `max_bytes`, holding at most `budget_bytes` of image
+    /// data at once (a single larger image still proceeds, alone).
+    pub fn new(
+        s3: aws_sdk_s3::Client,
+        max_bytes: u64,
+        budget_bytes: u64,
+        policy: RetryPolicy,
+    ) -> Fetcher {
+        let budget_units = u32::try_from(budget_bytes.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS as u32);
+        Fetcher {
+            s3,
+            max_bytes,
+            policy,
+            budget: Arc::new(Semaphore::new(budget_units as usize)),
+            budget_units,
+        }
+    }
+
+    fn units(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_units)
+    }
+
+    /// Downloads one image, retrying transient failures.
+    pub async fn fetch(&self, item: WorkItem, times: &StageTimes) -> Result<Fetched, FetchError> {
+        if item.line.size > self.max_bytes {
+            let (kind, message) = too_large(&item, item.line.size, self.max_bytes);
+            return Err(FetchError::Image {
+                item: Box::new(item),
+                kind,
+                message,
+            });
+        }
+        let mut budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(self.units(item.line.size))
+            .await
+            .map_err(|_| FetchError::Infrastructure(anyhow!("the fetch budget was closed")))?;
+        let started = Instant::now();
+        let mut backoff = self.policy.backoff();
+        let result = loop {
+            match self.attempt(&item, &mut budget).await {
+                Ok((bytes, etag)) => {
+                    break Ok(Fetched {
+                        item,
+                        bytes,
+                        etag,
+                        budget,
+                    })
+                }
+                Err(Attempt::Permanent((kind, message))) => {
+                    break Err(FetchError::Image {
+                        item: Box::new(item),
+                        kind,
+                        message,
+                    })
+                }
+                Err(Attempt::Transient(message)) => {
+                    tracing::warn!(uri = %item.line.uri(), attempt = backoff.attempts(), error = %message, "transient S3 error, retrying");
+                    if !backoff.wait().await {
+                        break Err(FetchError::Infrastructure(anyhow!(
+                            "fetching {} failed after {} attempts: {message}",
+                            item.line.uri(),
+                            backoff.attempts()
+                        )));
+                    }
+                }
+            }
+        };
+        StageTimes::add(&times.fetch, started.elapsed());
+        result
+    }
+
+    async fn attempt(
+        &self,
+        item: &WorkItem,
+        budget: &mut OwnedSemaphorePermit,
+    ) -> Result<(Bytes, String), Attempt> {
+        let line = &item.line;
+        let response = self
+            .s3
+            .get_object()
+            .bucket(&line.bucket)
+            .key(&line.key)
+            .send()
+            .await
+            .map_err(|e| classify(item, e))?;
+        let length = response.content_length().and_then(|n| u64::try_from(n).ok());
+        if let Some(length) = length {
+            if length > self.max_bytes {
+                return Err(Attempt::Permanent(too_large(item, length, self.max_bytes)));
+            }
+            // The object may have grown since it was listed: take the rest of its share.
+            let have = budget.num_permits() as u32;
+            let need = self.units(length);
+            if need > have {
+                let more = self
+                    .budget
+                    .clone()
+                    .acquire_many_owned(need - have)
+                    .await
+                    .map_err(|_| Attempt::Transient("the fetch budget was closed".into()))?;
+                budget.merge(more);
+            }
+        }
+        let etag = response
+            .e_tag()
+            .map(|t| t.trim_matches('"').to_string())
+            .unwrap_or_else(|| line.etag.clone());
+        let capacity = length.unwrap_or(line.size).min(self.max_bytes);
+        let mut bytes = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let mut body = response.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                Attempt::Transient(format!(
+                    "reading {} failed after {} bytes: {}",
+                    line.uri(),
+                    bytes.len(),
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+            let total = (bytes.len() + chunk.len()) as u64;
+            if total > self.max_bytes {
+                return Err(Attempt::Permanent(too_large(item, total, self.max_bytes)));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if let Some(length) = length {
+            if bytes.len() as u64 != length {
+                return Err(Attempt::Transient(format!(
+                    "reading {}: body ended after {} of {length} bytes",
+                    line.uri(),
+                    bytes.len()
+                )));
+            }
+        }
+        Ok((bytes.freeze(), etag))
+    }
+}
+
+fn too_large(item: &WorkItem, bytes: u64, max: u64) -> (&'static str, String) {
+    let error = ImageError::TooLarge { bytes, max };
+    (error.kind(), format!("{}: {error}", item.line.uri()))
+}
+
+fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
+    let uri = item.line.uri();
+    if is_transient_sdk_error(&error) {
+        return Attempt::Transient(format!("{uri}: {}", DisplayErrorContext(&error)));
+    }
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let kind = match (error.as_service_error(), status) {
+        (Some(GetObjectError::NoSuchKey(_)), _) | (_, Some(404)) => "not_found",
+        (_, Some(403)) => "access_denied",
+        _ => "s3_error",
+    };
+    let message = match kind {
+        "not_found" => format!("{uri} does not exist"),
+        "access_denied" => format!("{uri}: access denied"),
+        _ => format!("{uri}: {}", DisplayErrorContext(&error)),
+    };
+    Attempt::Permanent((kind, message))
+}
+
+/// The fetch stage: downloads the items from `input`, `concurrency` at a time, into `output`.
+/// Images that cannot be fetched are recorded in `tally`; an infrastructure failure stops the
+/// pipeline. On stop, downloads in flight are abandoned.
+pub async fn run(
+    fetcher: Fetcher,
+    concurrency: usize,
+    mut input: mpsc::Receiver<WorkItem>,
+    output: mpsc::Sender<Fetched>,
+    tally: Arc<Tally>,
+    stop: Stop,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            _ = stop.stopped() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+        };
+        let item = tokio::select! {
+            _ = stop.stopped() => break,
+            item = input.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+        };
+        let (fetcher, output, tally, stop) =
+            (fetcher.clone(), output.clone(), tally.clone(), stop.clone());
+        tasks.spawn(async move {
+            let _slot = slot;
+            match fetcher.fetch(item, &tally.times).await {
+                // A closed output means the pipeline is stopping: the image is abandoned.
+                Ok(fetched) => {
+                    let _ = output.send(fetched).await;
+                }
+                Err(FetchError::Image {
+                    item,
+                    kind,
+                    message,
+                }) => tally.fail(&item, kind, message),
+                Err(FetchError::Infrastructure(e)) => {
+                    stop.stop(StopReason::Failed(Fatal::Transient(e)));
+                }
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    if stop.is_stopped() {
+        tasks.abort_all();
+    }
+    while tasks.join_next().await.is_some() {}
+}

@@ -1,0 +1,94 @@
+//! Structured logs with `tracing`: JSON lines when stderr is not a terminal (CloudWatch),
+//! human-readable text with a progress bar on a terminal. `RUST_LOG` overrides the filter.
+//! The AWS SDK's own logs are kept at `warn`: its debug output is request-level detail.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_sdk_s3=warn,aws_sdk_dynamodb=warn,hyper=warn,tract_core=warn,tract_onnx=warn,tract_hir=warn,tract_linalg=warn";
+
+/// Installs the global subscriber and returns the progress bar (hidden unless text on a
+/// terminal).
+pub fn init(format: LogFormat) -> ProgressBar {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let terminal = std::io::stderr().is_terminal();
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return ProgressBar::hidden();
+    }
+    let bar = if terminal {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} images ({per_sec}, eta {eta})",
+            )
+            .expect("the template is valid"),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(AboveBar(bar.clone()))
+        .init();
+    bar
+}
+
+/// Writes each log event above the progress bar instead of through it.
+#[derive(Clone)]
+struct AboveBar(ProgressBar);
+
+impl<'a> MakeWriter<'a> for AboveBar {
+    type Writer = Event;
+
+    fn make_writer(&'a self) -> Event {
+        Event {
+            bar: self.0.clone(),
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// One formatted event, written out in one piece when dropped.
+struct Event {
+    bar: ProgressBar,
+    buf: Vec<u8>,
+}
+
+impl Write for Event {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.bar.suspend(|| {
+            let _ = std::io::stderr().write_all(&buf);
+        });
+    }
+}
