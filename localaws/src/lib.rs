@@ -4,10 +4,16 @@
 //! - [`batch`]: plays AWS Batch (runs the worker per array child with Batch's environment), and
 //!   creates the compute environment, job queue and job definition in the emulator.
 //! - [`emulator`]: the AWS emulator (moto server) on a free 127.0.0.1 port, and aws-sdk config for it.
+//! - [`faults`]: a fault-injecting HTTP proxy in front of the emulator (throttling, unprocessed
+//!   batch items, 5xx, dropped connections, delays), with counters of what it injected.
 //! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random weights.
 //!
 //! Nothing here is used by the deployed worker or submitter.
 
 pub mod batch;
+pub mod emulator;
+pub mod faults;
 pub mod python;
 pub mod test_model;
+
+pub use emulator::Emulator;

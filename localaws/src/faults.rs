@@ -1,0 +1,694 @@
+//! A fault-injecting HTTP proxy in front of the emulator, for the failures the emulator never
+//! produces: throttling, `UnprocessedItems`/`UnprocessedKeys`, 5xx answers, dropped
+//! connections (also in the middle of an S3 object body) and answers slower than a timeout.
+//!
+//! The proxy sits on the wire, so the code under test runs unchanged with real aws-sdk
+//! clients: point the SDK (or a child process, through `AWS_ENDPOINT_URL` — see
+//! [`FaultProxy::env`]) at [`FaultProxy::endpoint`] instead of the emulator's endpoint.
+//!
+//! ```no_run
+//! use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+//! use embatch_localaws::Emulator;
+//!
+//! # async fn example() -> anyhow::Result<()> {
+//! let emulator = Emulator::start()?;
+//! let proxy = FaultProxy::start(
+//!     &emulator.endpoint(),
+//!     FaultPlan {
+//!         seed: 7,
+//!         rules: vec![
+//!             FaultRule::new(Match::dynamodb("BatchWriteItem"), Fault::Unprocessed).probability(0.5),
+//!             FaultRule::new(Match::s3_get(), Fault::ResetMidBody).limit(3),
+//!         ],
+//!     },
+//! )?;
+//! let config = embatch_localaws::emulator::sdk_config_for(&proxy.endpoint()).await;
+//! // ... run the code under test with `config` ...
+//! assert!(proxy.counts().injected() > 0, "the faults really happened");
+//! # Ok(()) }
+//! ```
+//!
+//! # Determinism
+//!
+//! Whether a rule fires for a request, and which items a partial batch keeps, is a function of
+//! the seed, the rule, the request's content (DynamoDB: its JSON with keys sorted; otherwise
+//! method, path, query and `Range`) and how many times that same request was seen before. It
+//! does not depend on how concurrent requests interleave, with one exception: a rule's
+//! [`FaultRule::limit`] is spent in arrival order.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// The header naming a DynamoDB operation (`DynamoDB_20120810.BatchWriteItem`).
+const TARGET_HEADER: &str = "x-amz-target";
+const DYNAMODB_TARGET_PREFIX: &str = "DynamoDB_20120810.";
+
+/// Which requests a rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// Every request.
+    Any,
+    /// DynamoDB requests, of one operation (`"BatchWriteItem"`) or all (`None`).
+    DynamoDb {
+        /// The operation, without the `DynamoDB_20120810.` prefix.
+        operation: Option<String>,
+    },
+    /// Requests that are not DynamoDB's (S3 with path-style addressing: `/bucket/key`).
+    S3 {
+        /// The HTTP method, or any.
+        method: Option<Method>,
+        /// The path must start with this (e.g. `/images-bucket/`), or any path.
+        path_prefix: Option<String>,
+    },
+}
+
+impl Match {
+    /// One DynamoDB operation, e.g. `Match::dynamodb("BatchGetItem")`.
+    pub fn dynamodb(operation: &str) -> Self {
+        Match::DynamoDb {
+            operation: Some(operation.to_string()),
+        }
+    }
+
+    /// S3 GETs (object downloads) of any path.
+    pub fn s3_get() -> Self {
+        Match::S3 {
+            method: Some(Method::GET),
+            path_prefix: None,
+        }
+    }
+
+    /// S3 GETs of objects under `/bucket/prefix`.
+    pub fn s3_get_under(bucket: &str, prefix: &str) -> Self {
+        Match::S3 {
+            method: Some(Method::GET),
+            path_prefix: Some(format!("/{bucket}/{prefix}")),
+        }
+    }
+
+    fn matches(&self, request: &Seen) -> bool {
+        match (self, &request.operation) {
+            (Match::Any, _) => true,
+            (Match::DynamoDb { operation }, Some(op)) => operation.as_ref().is_none_or(|o| o == op),
+            (Match::S3 { method, path_prefix }, None) => {
+                method.as_ref().is_none_or(|m| *m == request.method)
+                    && path_prefix
+                        .as_ref()
+                        .is_none_or(|p| request.path.starts_with(p.as_str()))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What to do to a matched request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this 5xx status without forwarding: DynamoDB gets a JSON
+    /// `InternalServerError` (500) or `ServiceUnavailable` (other), S3 an XML `InternalError`
+    /// or `ServiceUnavailable`.
+    Status(u16),
+    /// Answer "slow down" without forwarding: DynamoDB 400
+    /// `ProvisionedThroughputExceededException`; S3 503 `SlowDown`.
+    Throttle,
+    /// DynamoDB 400 `ThrottlingException` (S3: like [`Fault::Throttle`]).
+    ThrottlingException,
+    /// `BatchWriteItem`/`BatchGetItem` only: forward a random subset of the items (or keys),
+    /// at least one fewer than asked, and return the rest as `UnprocessedItems`
+    /// (`UnprocessedKeys`), as DynamoDB does under load. Other requests pass unharmed.
+    Unprocessed,
+    /// Close the connection without answering (the request is not forwarded).
+    Reset,
+    /// Forward, then send the status, the headers and half of the body, and close the
+    /// connection. For S3 object downloads.
+    ResetMidBody,
+    /// Forward after this long: longer than the client's timeout, it is a timeout.
+    Delay(Duration),
+}
+
+impl Fault {
+    fn kind(&self) -> &'static str {
+        match self {
+            Fault::Status(_) => "status",
+            Fault::Throttle => "throttle",
+            Fault::ThrottlingException => "throttling-exception",
+            Fault::Unprocessed => "unprocessed",
+            Fault::Reset => "reset",
+            Fault::ResetMidBody => "reset-mid-body",
+            Fault::Delay(_) => "delay",
+        }
+    }
+}
+
+/// One rule: a fault for matching requests, with a probability and an optional limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultRule {
+    /// Which requests.
+    pub when: Match,
+    /// What to do.
+    pub fault: Fault,
+    /// Chance that a matching request gets the fault, in `0.0..=1.0`.
+    pub probability: f64,
+    /// At most this many injections by this rule (`None`: no limit).
+    pub limit: Option<u64>,
+}
+
+impl FaultRule {
+    /// `fault` for every request matching `when`.
+    pub fn new(when: Match, fault: Fault) -> Self {
+        Self {
+            when,
+            fault,
+            probability: 1.0,
+            limit: None,
+        }
+    }
+
+    /// Fire for this fraction of matching requests.
+    pub fn probability(mut self, p: f64) -> Self {
+        self.probability = p;
+        self
+    }
+
+    /// Fire at most `n` times.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+}
+
+/// The proxy's rules. For each request the first rule that matches and fires applies; a
+/// request no rule fires for is forwarded unchanged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultPlan {
+    /// Seeds every random choice.
+    pub seed: u64,
+    /// In order of precedence.
+    pub rules: Vec<FaultRule>,
+}
+
+/// What the proxy saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Requests received.
+    pub requests: u64,
+    /// Requests per operation: the DynamoDB operation name, or `"S3 GET"`, `"S3 PUT"`, ...
+    pub operations: BTreeMap<String, u64>,
+    /// Faults injected by each rule, in plan order.
+    pub per_rule: Vec<u64>,
+    /// Faults injected by kind (`"throttle"`, `"unprocessed"`, `"reset"`, ...).
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Items and keys returned as unprocessed by [`Fault::Unprocessed`].
+    pub withheld: u64,
+    /// The most items (`BatchWriteItem`) or keys (`BatchGetItem`) seen in one request.
+    pub largest_batch: BTreeMap<String, usize>,
+}
+
+impl FaultCounts {
+    /// Faults injected in all.
+    pub fn injected(&self) -> u64 {
+        self.per_rule.iter().sum()
+    }
+
+    /// Requests of one operation (`"BatchWriteItem"`, `"S3 GET"`).
+    pub fn operation(&self, name: &str) -> u64 {
+        self.operations.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// A running proxy. It serves on its own thread and runtime, so it keeps answering while the
+/// test thread blocks on a child process; it stops when dropped.
+pub struct FaultProxy {
+    address: SocketAddr,
+    state: Arc<State>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct State {
+    upstream: String,
+    plan: FaultPlan,
+    client: Client<HttpConnector, Full<Bytes>>,
+    book: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    counts: FaultCounts,
+    /// How often each request content was seen before.
+    occurrences: HashMap<u64, u64>,
+}
+
+/// A request as the rules see it.
+struct Seen {
+    method: Method,
+    path: String,
+    /// The DynamoDB operation, `None` for S3.
+    operation: Option<String>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free 127.0.0.1 port forwarding to `upstream`
+    /// (`http://127.0.0.1:<port>`, e.g. [`crate::Emulator::endpoint`]).
+    pub fn start(upstream: &str, plan: FaultPlan) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the fault proxy")?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let state = Arc::new(State {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            book: Mutex::new(Book {
+                counts: FaultCounts {
+                    per_rule: vec![0; plan.rules.len()],
+                    ..FaultCounts::default()
+                },
+                ..Book::default()
+            }),
+            plan,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the fault proxy's runtime")?;
+        let (shutdown, mut stop) = oneshot::channel();
+        let serving = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("fault-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("fault proxy: {e}");
+                            return;
+                        }
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            accepted = listener.accept() => {
+                                let Ok((stream, _)) = accepted else { continue };
+                                let state = serving.clone();
+                                tokio::spawn(async move {
+                                    let service = hyper::service::service_fn(move |request| {
+                                        let state = state.clone();
+                                        async move { state.handle(request).await }
+                                    });
+                                    // Errors here are the injected resets, or clients going away.
+                                    let _ = hyper::server::conn::http1::Builder::new()
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .await;
+                                });
+                            }
+                        }
+                    }
+                })
+            })
+            .context("starting the fault proxy's thread")?;
+        Ok(Self {
+            address,
+            state,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`: use it where the emulator's endpoint would go.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The environment pointing a child process at the proxy (see [`crate::emulator::env_for`]).
+    pub fn env(&self) -> Vec<(String, String)> {
+        crate::emulator::env_for(&self.endpoint())
+    }
+
+    /// What the proxy has seen and injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.state.book.lock().expect("fault book lock").counts.clone()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl State {
+    async fn handle(&self, request: Request<Incoming>) -> anyhow::Result<Response<ProxyBody>> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let operation = parts
+            .headers
+            .get(TARGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.strip_prefix(DYNAMODB_TARGET_PREFIX))
+            .map(str::to_string);
+        let seen = Seen {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            operation,
+        };
+        let json: Option<Value> = seen
+            .operation
+            .as_ref()
+            .and_then(|_| serde_json::from_slice(&body).ok());
+        let content = {
+            let mut h = DefaultHasher::new();
+            match &json {
+                // serde_json's maps are sorted, so this ignores the SDK's map ordering.
+                Some(v) => v.to_string().hash(&mut h),
+                None => {
+                    parts.method.as_str().hash(&mut h);
+                    parts.uri.to_string().hash(&mut h);
+                    parts.headers.get("range").map(|r| r.as_bytes()).hash(&mut h);
+                }
+            }
+            h.finish()
+        };
+
+        let chosen = {
+            let mut book = self.book.lock().expect("fault book lock");
+            let book = &mut *book;
+            book.counts.requests += 1;
+            let op_name = match &seen.operation {
+                Some(op) => op.clone(),
+                None => format!("S3 {}", seen.method),
+            };
+            *book.counts.operations.entry(op_name).or_default() += 1;
+            if let (Some(op), Some(v)) = (&seen.operation, &json) {
+                if let Some(size) = batch_size(op, v) {
+                    let largest = book.counts.largest_batch.entry(op.clone()).or_default();
+                    *largest = (*largest).max(size);
+                }
+            }
+            let occurrence = book.occurrences.entry(content).or_default();
+            let nth = *occurrence;
+            *occurrence += 1;
+            let mut chosen = None;
+            for (i, rule) in self.plan.rules.iter().enumerate() {
+                if !rule.when.matches(&seen)
+                    || rule.limit.is_some_and(|l| book.counts.per_rule[i] >= l)
+                    || matches!(rule.fault, Fault::Unprocessed) && !is_batch(&seen)
+                {
+                    continue;
+                }
+                let draw = unit(hash_of((self.plan.seed, i, content, nth)));
+                if draw < rule.probability {
+                    book.counts.per_rule[i] += 1;
+                    *book.counts.by_kind.entry(rule.fault.kind()).or_default() += 1;
+                    chosen = Some((rule.fault.clone(), hash_of((self.plan.seed, content, nth, "choice"))));
+                    break;
+                }
+            }
+            chosen
+        };
+
+        let dynamodb = seen.operation.is_some();
+        match chosen {
+            None => self.forward(parts, body).await.map(full_response),
+            Some((Fault::Status(status), _)) => Ok(error_answer(dynamodb, status, false)),
+            Some((Fault::Throttle, _)) => Ok(error_answer(dynamodb, 0, true)),
+            Some((Fault::ThrottlingException, _)) => Ok(throttling_exception(dynamodb)),
+            Some((Fault::Reset, _)) => anyhow::bail!("injected connection reset"),
+            Some((Fault::Delay(delay), _)) => {
+                // The fault itself is the wait: the client's timeout should fire meanwhile.
+                tokio::time::sleep(delay).await;
+                self.forward(parts, body).await.map(full_response)
+            }
+            Some((Fault::ResetMidBody, _)) => {
+                let (head, full) = self.forward(parts, body).await?.into_parts();
+                let half = full.slice(..full.len() / 2);
+                let frames = futures::stream::iter([Ok::<_, BoxError>(Frame::data(half))]).chain(
+                    futures::stream::once(async {
+                        // Let hyper flush the first half before the connection dies.
+                        tokio::task::yield_now().await;
+                        Err::<Frame<Bytes>, BoxError>(injected("injected reset mid-body"))
+                    }),
+                );
+                Ok(Response::from_parts(head, BodyExt::boxed(StreamBody::new(frames))))
+            }
+            Some((Fault::Unprocessed, choice)) => {
+                let (op, json) = (seen.operation.as_deref(), json.expect("batch requests are JSON"));
+                self.partial_batch(op == Some("BatchWriteItem"), parts, json, choice).await
+            }
+        }
+    }
+
+    /// Forwards a request upstream and returns the whole answer.
+    async fn forward(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> anyhow::Result<Response<Bytes>> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = format!("{}{}", self.upstream, path).parse()?;
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let response = self
+            .client
+            .request(Request::from_parts(parts, Full::new(body)))
+            .await?;
+        let (head, body) = response.into_parts();
+        Ok(Response::from_parts(head, body.collect().await?.to_bytes()))
+    }
+
+    /// Forwards part of a `BatchWriteItem`/`BatchGetItem` and answers with the rest as
+    /// unprocessed, merged into the upstream's answer.
+    async fn partial_batch(
+        &self,
+        write: bool,
+        parts: hyper::http::request::Parts,
+        mut request: Value,
+        choice: u64,
+    ) -> anyhow::Result<Response<ProxyBody>> {
+        let mut rng = StdRng::seed_from_u64(choice);
+        // table -> withheld entries (write requests, or KeysAndAttributes with fewer keys)
+        let mut withheld = serde_json::Map::new();
+        let mut withheld_count = 0u64;
+        if let Some(tables) = request.get_mut("RequestItems").and_then(Value::as_object_mut) {
+            for (table, entry) in tables.iter_mut() {
+                let list = if write {
+                    entry.as_array_mut()
+                } else {
+                    entry.get_mut("Keys").and_then(Value::as_array_mut)
+                };
+                let Some(list) = list.filter(|l| !l.is_empty()) else {
+                    continue;
+                };
+                let n = list.len();
+                let hold = rng.random_range(1..=n);
+                let mut order: Vec<usize> = (0..n).collect();
+                order.shuffle(&mut rng);
+                let held: std::collections::HashSet<usize> = order[..hold].iter().copied().collect();
+                let (mut keep, mut away) = (Vec::new(), Vec::new());
+                for (i, v) in list.drain(..).enumerate() {
+                    if held.contains(&i) {
+                        away.push(v)
+                    } else {
+                        keep.push(v)
+                    }
+                }
+                withheld_count += away.len() as u64;
+                *list = keep;
+                let withheld_entry = if write {
+                    Value::Array(away)
+                } else {
+                    let mut unprocessed = entry.clone();
+                    unprocessed["Keys"] = Value::Array(away);
+                    unprocessed
+                };
+                withheld.insert(table.clone(), withheld_entry);
+            }
+            // DynamoDB rejects empty lists: drop the tables with nothing left to forward.
+            tables.retain(|_, entry| {
+                let list = if write { entry.as_array() } else { entry.get("Keys").and_then(Value::as_array) };
+                list.is_some_and(|l| !l.is_empty())
+            });
+        }
+        self.book.lock().expect("fault book lock").counts.withheld += withheld_count;
+
+        let forward_any = request["RequestItems"].as_object().is_some_and(|t| !t.is_empty());
+        let mut answer = if forward_any {
+            let upstream = self.forward(parts, Bytes::from(request.to_string())).await?;
+            if upstream.status() != StatusCode::OK {
+                return Ok(full_response(upstream));
+            }
+            serde_json::from_slice(upstream.body())?
+        } else if write {
+            json!({"UnprocessedItems": {}})
+        } else {
+            json!({"Responses": {}, "UnprocessedKeys": {}})
+        };
+        let field = if write { "UnprocessedItems" } else { "UnprocessedKeys" };
+        if !answer.get(field).is_some_and(Value::is_object) {
+            answer[field] = json!({});
+        }
+        for (table, held) in withheld {
+            let slot = &mut answer[field][&table];
+            if write {
+                let mut all = held.as_array().cloned().unwrap_or_default();
+                all.extend(slot.as_array().cloned().unwrap_or_default());
+                *slot = Value::Array(all);
+            } else {
+                let mut all = held["Keys"].as_array().cloned().unwrap_or_default();
+                all.extend(slot.get("Keys").and_then(Value::as_array).cloned().unwrap_or_default());
+                let mut entry = held;
+                entry["Keys"] = Value::Array(all);
+                *slot = entry;
+            }
+        }
+        Ok(json_answer(StatusCode::OK, answer.to_string()))
+    }
+}
+
+/// Items in a `BatchWriteItem` or keys in a `BatchGetItem`, summed over tables.
+fn batch_size(operation: &str, request: &Value) -> Option<usize> {
+    let tables = request.get("RequestItems")?.as_object()?;
+    match operation {
+        "BatchWriteItem" => Some(tables.values().filter_map(Value::as_array).map(Vec::len).sum()),
+        "BatchGetItem" => Some(
+            tables
+                .values()
+                .filter_map(|e| e.get("Keys").and_then(Value::as_array))
+                .map(Vec::len)
+                .sum(),
+        ),
+        _ => None,
+    }
+}
+
+/// The error that makes hyper drop the connection.
+fn injected(what: &'static str) -> BoxError {
+    Box::new(std::io::Error::other(what))
+}
+
+fn is_batch(seen: &Seen) -> bool {
+    matches!(seen.operation.as_deref(), Some("BatchWriteItem" | "BatchGetItem"))
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// A hash as a number in `0.0..1.0`.
+fn unit(hash: u64) -> f64 {
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn full_response(response: Response<Bytes>) -> Response<ProxyBody> {
+    response.map(|b| Full::new(b).map_err(|never: Infallible| match never {}).boxed())
+}
+
+fn json_answer(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = full_response(Response::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    response
+}
+
+fn xml_answer(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>injected</RequestId></Error>"
+    );
+    let mut response = full_response(Response::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    response
+}
+
+/// A 5xx (`throttle == false`) or a throttling answer in the service's own format.
+fn error_answer(dynamodb: bool, status: u16, throttle: bool) -> Response<ProxyBody> {
+    match (dynamodb, throttle) {
+        (true, true) => json_answer(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                "message": "The level of configured provisioned throughput for the table was exceeded (injected)"
+            })
+            .to_string(),
+        ),
+        (false, true) => xml_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "Please reduce your request rate. (injected)",
+        ),
+        (true, false) => {
+            let code = if status == 500 { "InternalServerError" } else { "ServiceUnavailable" };
+            json_answer(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                json!({
+                    "__type": format!("com.amazonaws.dynamodb.v20120810#{code}"),
+                    "message": "injected server error"
+                })
+                .to_string(),
+            )
+        }
+        (false, false) => {
+            let code = if status == 500 { "InternalError" } else { "ServiceUnavailable" };
+            xml_answer(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                code,
+                "injected server error",
+            )
+        }
+    }
+}
+
+fn throttling_exception(dynamodb: bool) -> Response<ProxyBody> {
+    if dynamodb {
+        json_answer(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "__type": "com.amazon.coral.availability#ThrottlingException",
+                "message": "Rate of requests exceeds the allowed throughput. (injected)"
+            })
+            .to_string(),
+        )
+    } else {
+        error_answer(false, 0, true)
+    }
+}

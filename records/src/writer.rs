@@ -1,0 +1,327 @@
+//! The batched vector table writer.
+//!
+//! [`TableWriter::write`] takes any number of [`VectorRecord`]s and stores them with
+//! `BatchWriteItem`: at most [`MAX_BATCH_WRITE_ITEMS`] per request (DynamoDB's limit, enforced
+//! here because emulators do not), up to [`WriterConfig::max_in_flight`] requests at once
+//! across every clone of the writer. `UnprocessedItems`, throttling, 5xx answers and broken
+//! connections are retried with the shared [`RetryPolicy`]; when its budget is spent the
+//! [`WriteError`] names every `ImageId` that was not written. Nothing is dropped silently.
+//!
+//! Writing is idempotent: an item is a whole-item put keyed by `ImageId`, so writing the same
+//! record again (same image, ETag and model) leaves one identical item.
+//!
+//! ```no_run
+//! use embatch_records::vector::{VectorMetadata, VectorRecord};
+//! use embatch_records::writer::{TableWriter, WriterConfig};
+//!
+//! # async fn example(client: aws_sdk_dynamodb::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! let writer = TableWriter::new(client, "embatch-vectors", WriterConfig::default());
+//! let record = VectorRecord {
+//!     image_id: "images/cat.jpg".into(),
+//!     vector: vec![0.25; 512],
+//!     meta: VectorMetadata::default(),
+//! };
+//! if let Err(e) = writer.write(vec![record]).await {
+//!     eprintln!("not stored: {:?}", e.unwritten);
+//!     return Err(e.into());
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use futures::stream::{self, StreamExt};
+use tokio::sync::Semaphore;
+
+use crate::retry::{is_transient_sdk_error, RetryPolicy};
+use crate::vector::{attr, VectorRecord};
+
+/// DynamoDB's limit on the requests in one `BatchWriteItem`.
+pub const MAX_BATCH_WRITE_ITEMS: usize = 25;
+
+/// How a [`TableWriter`] sends its requests.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    /// `BatchWriteItem` requests in flight at once, shared by all clones of a writer.
+    pub max_in_flight: usize,
+    /// Backoff and budget for unprocessed items and transient errors, per batch of ≤ 25.
+    pub retry: RetryPolicy,
+}
+
+impl Default for WriterConfig {
+    /// 8 requests in flight (200 items), the default [`RetryPolicy`].
+    fn default() -> Self {
+        Self {
+            max_in_flight: 8,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Writes vector records to one table. Cheap to clone; clones share the in-flight limit.
+#[derive(Clone, Debug)]
+pub struct TableWriter {
+    client: aws_sdk_dynamodb::Client,
+    table: Arc<str>,
+    retry: RetryPolicy,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Why a batch of items was not written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteFailure {
+    /// DynamoDB kept throttling, leaving items unprocessed, or failing transiently until the
+    /// retry budget was spent. Retrying later (e.g. the whole Batch child) may succeed.
+    #[error("still not written after {attempts} attempts (last: {last})")]
+    RetriesExhausted {
+        /// Attempts made for the batch.
+        attempts: u32,
+        /// The last thing that went wrong.
+        last: String,
+    },
+    /// DynamoDB rejected the request outright (validation, access denied, missing table).
+    #[error("rejected: {message}")]
+    Rejected {
+        /// The service's error.
+        message: String,
+    },
+}
+
+/// Some vectors were not written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} vector(s) not written to DynamoDB table {table}: {cause}; unwritten ImageIds: {}",
+    unwritten.len(),
+    preview(unwritten)
+)]
+pub struct WriteError {
+    /// The table.
+    pub table: String,
+    /// Every `ImageId` that is not stored (the rest of the call's records are).
+    pub unwritten: Vec<String>,
+    /// Why the first failing batch failed.
+    pub cause: WriteFailure,
+    /// Whether every failing batch failed only transiently (worth retrying later).
+    pub transient: bool,
+}
+
+/// The first few ids of a list, for error messages.
+pub(crate) fn preview(ids: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = ids
+        .iter()
+        .take(SHOWN)
+        .map(|id| format!("{id:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    text
+}
+
+struct BatchError {
+    ids: Vec<String>,
+    failure: WriteFailure,
+}
+
+impl TableWriter {
+    /// A writer for `table`.
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        table: impl Into<String>,
+        config: WriterConfig,
+    ) -> Self {
+        Self {
+            client,
+            table: Arc::from(table.into()),
+            retry: config.retry,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+        }
+    }
+
+    /// The table written to.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Stores `records`: ≤ 25 per `BatchWriteItem`, several requests in flight, unprocessed
+    /// and throttled items retried. If one `ImageId` appears more than once, the last record
+    /// wins (as if each had been put in turn; DynamoDB rejects duplicate keys in a batch).
+    ///
+    /// On error, every record not named in [`WriteError::unwritten`] is stored.
+    pub async fn write(&self, records: Vec<VectorRecord>) -> Result<(), WriteError> {
+        let requests = last_per_id(records)
+            .into_iter()
+            .map(|record| {
+                let put = PutRequest::builder()
+                    .set_item(Some(record.to_item()))
+                    .build()
+                    .map_err(|e| BatchError {
+                        ids: vec![record.image_id.clone()],
+                        failure: WriteFailure::Rejected {
+                            message: e.to_string(),
+                        },
+                    })?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<Vec<_>, BatchError>>()
+            .map_err(|e| self.error(vec![e]))?;
+
+        let batches: Vec<Vec<WriteRequest>> = requests
+            .chunks(MAX_BATCH_WRITE_ITEMS)
+            .map(<[WriteRequest]>::to_vec)
+            .collect();
+        let concurrency = batches.len().max(1);
+        let failures: Vec<BatchError> = stream::iter(batches)
+            .map(|batch| self.write_batch(batch))
+            // The semaphore bounds requests on the wire; this only bounds tasks waiting on it.
+            .buffer_unordered(concurrency)
+            .filter_map(|r| async move { r.err() })
+            .collect()
+            .await;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(self.error(failures))
+        }
+    }
+
+    async fn write_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), BatchError> {
+        debug_assert!(pending.len() <= MAX_BATCH_WRITE_ITEMS);
+        let mut backoff = self.retry.backoff();
+        loop {
+            let result = {
+                let _permit = self.in_flight.acquire().await;
+                self.client
+                    .batch_write_item()
+                    .request_items(self.table.to_string(), pending.clone())
+                    .send()
+                    .await
+            };
+            let last = match result {
+                Ok(output) => {
+                    let unprocessed = output
+                        .unprocessed_items
+                        .and_then(|mut tables| tables.remove(&*self.table))
+                        .unwrap_or_default();
+                    if unprocessed.is_empty() {
+                        return Ok(());
+                    }
+                    tracing::debug!(
+                        table = &*self.table,
+                        unprocessed = unprocessed.len(),
+                        "BatchWriteItem left items unprocessed"
+                    );
+                    let last = format!("{} of {} items unprocessed", unprocessed.len(), pending.len());
+                    pending = unprocessed;
+                    last
+                }
+                Err(e) if is_transient_sdk_error(&e) => {
+                    tracing::debug!(table = &*self.table, error = %DisplayErrorContext(&e), "BatchWriteItem failed transiently");
+                    DisplayErrorContext(&e).to_string()
+                }
+                Err(e) => {
+                    return Err(BatchError {
+                        ids: ids_of(&pending),
+                        failure: WriteFailure::Rejected {
+                            message: DisplayErrorContext(&e).to_string(),
+                        },
+                    })
+                }
+            };
+            if !backoff.wait().await {
+                return Err(BatchError {
+                    ids: ids_of(&pending),
+                    failure: WriteFailure::RetriesExhausted {
+                        attempts: backoff.attempts(),
+                        last,
+                    },
+                });
+            }
+        }
+    }
+
+    fn error(&self, failures: Vec<BatchError>) -> WriteError {
+        let transient = failures
+            .iter()
+            .all(|f| matches!(f.failure, WriteFailure::RetriesExhausted { .. }));
+        let mut failures = failures.into_iter();
+        let first = failures.next().expect("error() is called with at least one failure");
+        let mut unwritten = first.ids;
+        unwritten.extend(failures.flat_map(|f| f.ids));
+        WriteError {
+            table: self.table.to_string(),
+            unwritten,
+            cause: first.failure,
+            transient,
+        }
+    }
+}
+
+/// Keeps the last record of each `ImageId`, in the order of those last occurrences.
+fn last_per_id(records: Vec<VectorRecord>) -> Vec<VectorRecord> {
+    let mut seen = HashSet::with_capacity(records.len());
+    let mut kept: Vec<VectorRecord> = records
+        .into_iter()
+        .rev()
+        .filter(|r| seen.insert(r.image_id.clone()))
+        .collect();
+    kept.reverse();
+    kept
+}
+
+fn ids_of(requests: &[WriteRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            r.put_request()
+                .map(|p| p.item())
+                .and_then(|item: &HashMap<String, AttributeValue>| item.get(attr::IMAGE_ID))
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vector::VectorMetadata;
+
+    fn record(id: &str, v: f32) -> VectorRecord {
+        VectorRecord {
+            image_id: id.into(),
+            vector: vec![v],
+            meta: VectorMetadata::default(),
+        }
+    }
+
+    #[test]
+    fn the_last_record_of_an_id_wins() {
+        let kept = last_per_id(vec![record("a", 1.0), record("b", 2.0), record("a", 3.0)]);
+        let got: Vec<_> = kept.iter().map(|r| (r.image_id.as_str(), r.vector[0])).collect();
+        assert_eq!(got, vec![("b", 2.0), ("a", 3.0)]);
+    }
+
+    #[test]
+    fn errors_name_the_first_ids_and_count_the_rest() {
+        let ids: Vec<String> = (0..12).map(|i| format!("img{i}")).collect();
+        let e = WriteError {
+            table: "t".into(),
+            unwritten: ids,
+            cause: WriteFailure::Rejected {
+                message: "no".into(),
+            },
+            transient: false,
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("12 vector(s) not written to DynamoDB table t"), "{text}");
+        assert!(text.contains("\"img9\" and 2 more"), "{text}");
+        assert!(!text.contains("img10"), "{text}");
+    }
+}
