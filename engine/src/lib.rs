@@ -1,1 +1,32 @@
-//! placeholder
+//! Image bytes to embedding vectors: model spec, decode, preprocess, tract inference. No AWS.
+//!
+//! The path of one image: [`spec`] (what the model needs) → [`decode`] (bytes to upright RGB,
+//! within [`Limits`]) → [`preprocess`] (resize, crop, normalise into a [`Prepared`] tensor) →
+//! [`infer`] ([`Engine::embed`], tract).
+//!
+//! ```no_run
+//! use embatch_engine::{Engine, Limits, ModelSpec};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let spec = ModelSpec::from_path("models/resnet18-v2-7.toml".as_ref())?;
+//! let engine = Engine::load(&spec)?; // verifies sha256, optimises, checks the dimension
+//! let bytes = std::fs::read("photo.jpg")?;
+//! let prepared = engine.prepare(&bytes, &Limits::default())?;
+//! let vectors = engine.embed(&[prepared])?;
+//! assert_eq!(vectors[0].len(), engine.dimension());
+//! # Ok(()) }
+//! ```
+
+pub mod decode;
+pub mod infer;
+pub mod limits;
+pub mod preprocess;
+pub mod spec;
+
+pub use decode::{ImageError, BACKGROUND};
+pub use infer::{Engine, EngineError, EngineOptions, PREFERRED_BATCH};
+pub use limits::Limits;
+pub use preprocess::Prepared;
+pub use spec::{
+    ChannelOrder, EmbeddingSelector, InputSpec, Interpolation, Layout, ModelSpec, PreprocessSpec,
+    SpecError,
+};

@@ -1,0 +1,317 @@
+//! Engine benchmark: decode+preprocess and inference, against the Python reference pipeline
+//! (tests/reference/bench.py: PIL + numpy + onnxruntime) on the same images in the same run.
+//!
+//! ```text
+//! cargo run --release -p embatch-engine --example bench -- [--images DIR] [--spec SPEC.toml]
+//! ```
+//! Without `--images`, synthetic photos are generated (8 small 500x375, 4 large 4000x3000
+//! JPEGs); without `--spec`, the generated ResNet18-architecture test model is used (same
+//! graph and cost as the real ResNet18). Figures are medians over `--runs` runs. Prints a
+//! Markdown section for BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use clap::Parser;
+use embatch_engine::{Engine, EngineOptions, Limits, ModelSpec, Prepared};
+use embatch_localaws::{python, test_model};
+use rayon::prelude::*;
+
+#[derive(Parser)]
+struct Args {
+    /// Model spec (default: the generated ResNet18 test model).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Use this model file instead of the spec's `file`.
+    #[arg(long)]
+    model_file: Option<PathBuf>,
+    /// A directory of photos (searched recursively for .jpg/.jpeg): small = longer side <=
+    /// 1000 px, large = longer side >= 2000 px. Default: generated synthetic photos.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Timed runs per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Images per inference run.
+    #[arg(long, default_value_t = 16)]
+    inference_images: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    batches: Vec<usize>,
+    /// Multiply-adds per image, for the fraction of fp32 peak (default: 1.814e9 for specs
+    /// whose name contains "resnet18").
+    #[arg(long)]
+    gmac: Option<f64>,
+    /// Measured fp32 FMA peak per core in GFLOP/s.
+    #[arg(long, default_value_t = 213.0)]
+    peak_gflops_per_core: f64,
+    /// Skip the Python reference.
+    #[arg(long)]
+    no_python: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn jpegs(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            jpegs(&p, out);
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+        {
+            out.push(p);
+        }
+    }
+}
+
+fn classify(paths: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    for p in paths {
+        let Ok((w, h)) = image::ImageReader::open(&p).and_then(|r| {
+            r.into_dimensions()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        }) else {
+            continue;
+        };
+        if w.max(h) <= 1000 && small.len() < 40 {
+            small.push(p);
+        } else if w.max(h) >= 2000 && large.len() < 12 {
+            large.push(p);
+        }
+    }
+    (small, large)
+}
+
+/// Median ms per image of `prepare` on one thread.
+fn time_prepare(engine: &Engine, files: &[Vec<u8>], runs: usize) -> f64 {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let limits = Limits::default();
+        for b in files {
+            engine.prepare(b, &limits).expect("warm-up prepare");
+        }
+        median(
+            (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    for b in files {
+                        engine.prepare(b, &limits).expect("prepare");
+                    }
+                    t.elapsed().as_secs_f64() * 1000.0 / files.len() as f64
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Median images/s of `embed` on `threads` threads, each embedding batches of `batch`.
+fn time_infer(engine: &Engine, inputs: &[Prepared], threads: usize, runs: usize) -> f64 {
+    let batch = engine.preferred_batch();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        engine.embed(&inputs[..batch]).expect("warm-up");
+        median(
+            (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    inputs.par_chunks(batch).for_each(|c| {
+                        engine.embed(c).expect("embed");
+                    });
+                    inputs.len() as f64 / t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let spec_path = match &args.spec {
+        Some(p) => p.clone(),
+        None => test_model::resnet18_spec()?,
+    };
+    let mut spec = ModelSpec::from_path(&spec_path)?;
+    if let Some(f) = &args.model_file {
+        spec = spec.with_file(f);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let _tmp;
+    let (small, large) = match &args.images {
+        Some(dir) => {
+            let mut all = Vec::new();
+            jpegs(dir, &mut all);
+            classify(all)
+        }
+        None => {
+            let dir = tempfile::tempdir()?;
+            let out = Command::new(python::interpreter()?)
+                .arg(python::workspace_root().join("tests/reference/make_images.py"))
+                .arg(dir.path())
+                .arg("--bench")
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mut all = Vec::new();
+            jpegs(dir.path(), &mut all);
+            _tmp = dir;
+            classify(all)
+        }
+    };
+    anyhow::ensure!(!small.is_empty() || !large.is_empty(), "no usable images");
+    let read =
+        |v: &[PathBuf]| -> std::io::Result<Vec<Vec<u8>>> { v.iter().map(std::fs::read).collect() };
+    let (small_bytes, large_bytes) = (read(&small)?, read(&large)?);
+
+    let engine = Engine::load(&spec)?;
+    eprintln!(
+        "model {} ({}), embedding tensor {}, {} small + {} large images, {} cores",
+        spec.name,
+        spec.file.display(),
+        engine.embedding_tensor(),
+        small.len(),
+        large.len(),
+        cores
+    );
+    let prep_small = (!small.is_empty()).then(|| time_prepare(&engine, &small_bytes, args.runs));
+    let prep_large = (!large.is_empty()).then(|| time_prepare(&engine, &large_bytes, args.runs));
+
+    let first = small_bytes.first().or(large_bytes.first()).unwrap();
+    let one = engine.prepare(first, &Limits::default())?;
+    let inputs: Vec<Prepared> = (0..args.inference_images)
+        .map(|k| {
+            let mut p = one.clone();
+            p.tensor.iter_mut().enumerate().for_each(|(i, v)| {
+                *v += ((i * 31 + k * 17) % 101) as f32 * 1e-4;
+            });
+            p
+        })
+        .collect();
+    let mut by_batch = Vec::new();
+    for &b in &args.batches {
+        let e = Engine::load_with(&spec, EngineOptions { batch: b })?;
+        let one_thread = time_infer(&e, &inputs, 1, args.runs);
+        let all = time_infer(&e, &inputs, cores, args.runs);
+        eprintln!("batch {b}: {one_thread:.1} img/s on 1 thread, {all:.1} img/s on {cores}");
+        by_batch.push((b, one_thread, all));
+    }
+    let (_, one_thread, all_cores) = *by_batch
+        .iter()
+        .find(|(b, ..)| *b == engine.preferred_batch())
+        .unwrap_or(&by_batch[0]);
+
+    let py: Option<serde_json::Value> = if args.no_python {
+        None
+    } else {
+        let dir = tempfile::tempdir()?;
+        let out_json = dir.path().join("py.json");
+        let mut cmd = Command::new(python::interpreter()?);
+        cmd.arg(python::workspace_root().join("tests/reference/bench.py"))
+            .arg(&spec_path)
+            .arg(&out_json)
+            .arg("--runs")
+            .arg(args.runs.to_string())
+            .arg("--inference-images")
+            .arg(args.inference_images.to_string())
+            .arg("--model")
+            .arg(&spec.file);
+        cmd.arg("--small").args(&small).arg("--large").args(&large);
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "bench.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(serde_json::from_str(&std::fs::read_to_string(&out_json)?)?)
+    };
+    let pyf = |k: &str| py.as_ref().and_then(|v| v[k].as_f64());
+
+    let gmac = args
+        .gmac
+        .or_else(|| spec.name.contains("resnet18").then_some(1.814e9));
+    println!("### Engine benchmark: {} ({} cores)\n", spec.name, cores);
+    println!("| figure | embatch (Rust) | Python reference | ratio (ref / ours for time, ours / ref for rate) |");
+    println!("|---|---|---|---|");
+    let ratio_time =
+        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", t / ours));
+    let ratio_rate =
+        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t));
+    let fmt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
+    for (label, ours, n) in [
+        ("small", prep_small, small.len()),
+        ("large", prep_large, large.len()),
+    ] {
+        if let Some(ours) = ours {
+            let draft = pyf(&format!("prepare_ms_{label}_draft"));
+            let full = pyf(&format!("prepare_ms_{label}_full"));
+            println!(
+                "| decode+preprocess, {label} ({n} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft(): {} / full decode: {} | {} / {} |",
+                fmt(draft, "ms"),
+                fmt(full, "ms"),
+                ratio_time(ours, draft),
+                ratio_time(ours, full)
+            );
+        }
+    }
+    let ort1 = pyf("infer_img_s_1thread");
+    let ortn = match (
+        pyf("infer_img_s_all_cores_batch1"),
+        pyf("infer_img_s_all_cores_batch8"),
+    ) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    println!(
+        "| inference, img/s, 1 core (batch {}) | {one_thread:.1} | onnxruntime: {} | {} |",
+        engine.preferred_batch(),
+        fmt(ort1, ""),
+        ratio_rate(one_thread, ort1)
+    );
+    println!(
+        "| inference, img/s, all {cores} cores | {all_cores:.1} | onnxruntime (best of batch 1/8): {} | {} |",
+        fmt(ortn, ""),
+        ratio_rate(all_cores, ortn)
+    );
+    if let Some(g) = gmac {
+        let frac = |rate: f64| rate * g * 2.0 / (args.peak_gflops_per_core * 1e9);
+        println!(
+            "| fraction of fp32 peak per core ({:.3} GMAC/img, {} GFLOP/s/core) | {:.1} % | {} | |",
+            g / 1e9,
+            args.peak_gflops_per_core,
+            100.0 * frac(one_thread),
+            ort1.map_or("-".into(), |r| format!("{:.1} %", 100.0 * frac(r)))
+        );
+    }
+    println!("\nBatch size (tract, this engine): images/s on 1 thread / on {cores} threads\n");
+    println!("| batch | 1 thread | {cores} threads |");
+    println!("|---|---|---|");
+    for (b, one, all) in by_batch {
+        println!("| {b} | {one:.1} | {all:.1} |");
+    }
+    Ok(())
+}

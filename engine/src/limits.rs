@@ -1,0 +1,31 @@
+//! Input limits: refuse oversized or decompression-bomb inputs before they cost memory.
+
+/// Limits applied to every input image by [`crate::Engine::prepare`].
+///
+/// Both are checked before any pixel buffer is allocated: the byte count first, then the
+/// dimensions read from the image header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum size of the encoded file in bytes. Default: 64 MiB ([`Limits::DEFAULT_MAX_ENCODED_BYTES`]).
+    pub max_encoded_bytes: u64,
+    /// Maximum width x height declared by the image header. Default: 100 megapixels
+    /// ([`Limits::DEFAULT_MAX_PIXELS`]), e.g. 12,000 x 8,000 — larger than any camera photo
+    /// we expect, small enough that a decoded RGBA image stays below ~400 MB per thread.
+    pub max_pixels: u64,
+}
+
+impl Limits {
+    /// Default for [`Limits::max_encoded_bytes`]: 64 MiB.
+    pub const DEFAULT_MAX_ENCODED_BYTES: u64 = 64 * 1024 * 1024;
+    /// Default for [`Limits::max_pixels`]: 100,000,000 pixels.
+    pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_encoded_bytes: Self::DEFAULT_MAX_ENCODED_BYTES,
+            max_pixels: Self::DEFAULT_MAX_PIXELS,
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Upright RGB image to the model's input tensor: resize the shorter side, centre crop,
+//! scale, normalise, lay out as CHW (or HWC) f32.
+//!
+//! The geometry follows torchvision's `Resize(s)` + `CenterCrop(c)` on a PIL image: the
+//! longer side becomes `floor(s * long / short)`, the crop offset is
+//! `round_half_even((resized - c) / 2)`. Resize and crop are done in one pass: the crop box is
+//! mapped back into source coordinates and only the 224x224 output pixels are computed, each
+//! with exactly the filter taps a full resize would have used (the filter window is clipped
+//! by the source image, not by the crop box), so the result equals resize-then-crop.
+
+use fast_image_resize::{self as fr, images::ImageRef, FilterType, ResizeAlg, ResizeOptions};
+
+use crate::decode::{ImageError, RgbImage};
+use crate::spec::{ChannelOrder, Interpolation, Layout, ModelSpec};
+
+/// One image, preprocessed for a model: ready for [`crate::Engine::embed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The input tensor for this image without the batch axis: 3 x height x width (NCHW
+    /// models) or height x width x 3 (NHWC models), f32.
+    pub tensor: Vec<f32>,
+    /// Width of the original image as displayed (after EXIF orientation).
+    pub original_width: u32,
+    /// Height of the original image as displayed (after EXIF orientation).
+    pub original_height: u32,
+}
+
+/// Size of the shorter-side resize and the crop offset within it, torchvision style.
+pub(crate) fn geometry(w: u32, h: u32, spec: &ModelSpec) -> ResizeGeometry {
+    let s = spec.preprocess.resize_shorter_to;
+    let (rw, rh) = if w <= h {
+        (s, ((u64::from(s) * u64::from(h)) / u64::from(w)) as u32)
+    } else {
+        (((u64::from(s) * u64::from(w)) / u64::from(h)) as u32, s)
+    };
+    let (cw, ch) = (spec.preprocess.crop_width, spec.preprocess.crop_height);
+    let left = (f64::from(rw - cw) / 2.0).round_ties_even();
+    let top = (f64::from(rh - ch) / 2.0).round_ties_even();
+    ResizeGeometry {
+        resized: (rw, rh),
+        crop: (left as u32, top as u32, cw, ch),
+    }
+}
+
+/// Where the shorter-side resize lands and which part of it the centre crop keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResizeGeometry {
+    /// Size after the shorter-side resize.
+    pub resized: (u32, u32),
+    /// Crop box (left, top, width, height) in resized coordinates.
+    pub crop: (u32, u32, u32, u32),
+}
+
+/// Resize, crop and normalise `img` into a tensor for `spec`.
+pub(crate) fn preprocess(
+    img: &RgbImage,
+    spec: &ModelSpec,
+    original: (u32, u32),
+) -> Result<Prepared, ImageError> {
+    let g = geometry(img.width, img.height, spec);
+    let (sx, sy) = (
+        f64::from(img.width) / f64::from(g.resized.0),
+        f64::from(img.height) / f64::from(g.resized.1),
+    );
+    let (left, top, cw, ch) = g.crop;
+    let src = ImageRef::new(img.width, img.height, &img.data, fr::PixelType::U8x3)
+        .map_err(|e| ImageError::Corrupt(format!("decoded image buffer: {e}")))?;
+    let mut dst = fr::images::Image::new(cw, ch, fr::PixelType::U8x3);
+    let alg = match spec.preprocess.interpolation {
+        Interpolation::Nearest => ResizeAlg::Nearest,
+        Interpolation::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+        Interpolation::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+        Interpolation::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
+    };
+    let options = ResizeOptions::new().resize_alg(alg).crop(
+        f64::from(left) * sx,
+        f64::from(top) * sy,
+        f64::from(cw) * sx,
+        f64::from(ch) * sy,
+    );
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| ImageError::Corrupt(format!("resize failed: {e}")))?;
+    Ok(Prepared {
+        tensor: normalise(dst.buffer(), cw as usize, ch as usize, spec),
+        original_width: original.0,
+        original_height: original.1,
+    })
+}
+
+/// u8 RGB pixels to normalised f32 in the model's layout and channel order, via one lookup
+/// table per channel (256 entries each: `(v / scale - mean) / std`).
+fn normalise(rgb: &[u8], w: usize, h: usize, spec: &ModelSpec) -> Vec<f32> {
+    let p = &spec.preprocess;
+    let lut: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| (v as f32 / p.scale - p.mean[c]) / p.std[c])
+    });
+    // Source channel for each output channel.
+    let order = match spec.input.channel_order {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
+    let plane = w * h;
+    let mut out = vec![0f32; 3 * plane];
+    match spec.input.layout {
+        Layout::Nchw => {
+            for (oc, &sc) in order.iter().enumerate() {
+                let dst = &mut out[oc * plane..(oc + 1) * plane];
+                for (d, px) in dst.iter_mut().zip(rgb.chunks_exact(3)) {
+                    *d = lut[sc][px[sc] as usize];
+                }
+            }
+        }
+        Layout::Nhwc => {
+            for (d, px) in out.chunks_exact_mut(3).zip(rgb.chunks_exact(3)) {
+                for (oc, &sc) in order.iter().enumerate() {
+                    d[oc] = lut[sc][px[sc] as usize];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec() -> ModelSpec {
+        let toml = r#"
+            name = "t"
+            source_url = "x"
+            sha256 = "3b4d048057854022232aa20bf68262e31718ab7119a17f920b8a2dc1433f824b"
+            file = "m.onnx"
+            [input]
+            name = "data"
+            width = 224
+            height = 224
+            channel_order = "rgb"
+            layout = "nchw"
+            [preprocess]
+            resize_shorter_to = 256
+            crop_width = 224
+            crop_height = 224
+            interpolation = "bilinear"
+            scale = 255.0
+            mean = [0.485, 0.456, 0.406]
+            std = [0.229, 0.224, 0.225]
+            [embedding]
+            select = "input_of_last_gemm"
+            dimension = 512
+        "#;
+        ModelSpec::from_toml(toml, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn geometry_matches_torchvision() {
+        let s = spec();
+        // 500x375 -> 341x256 (floor), crop offset round((341-224)/2 = 58.5) = 58 (half to even).
+        assert_eq!(
+            geometry(500, 375, &s),
+            ResizeGeometry {
+                resized: (341, 256),
+                crop: (58, 16, 224, 224)
+            }
+        );
+        // Portrait 3000x4000 -> 256x341.
+        assert_eq!(geometry(3000, 4000, &s).resized, (256, 341));
+    }
+
+    #[test]
+    fn normalise_uses_the_spec_mean_and_std_per_channel() {
+        let s = spec();
+        let rgb = [255u8, 0, 128].repeat(4);
+        let t = normalise(&rgb, 2, 2, &s);
+        assert!((t[0] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((t[4] - (0.0 - 0.456) / 0.224).abs() < 1e-6);
+        assert!((t[8] - (128.0 / 255.0 - 0.406) / 0.225).abs() < 1e-6);
+    }
+}
