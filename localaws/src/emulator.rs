@@ -43,15 +43,22 @@ impl Emulator {
         let port = free_port()?;
         let mut command = Command::new(&python);
         command
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
         if die_with_parent {
             unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     Ok(())
                 });
             }
@@ -116,7 +123,10 @@ impl Emulator {
                 bail!("the AWS emulator exited during start-up ({status}); is moto installed? run `scripts/setup`");
             }
             if start.elapsed() > limit {
-                bail!("the AWS emulator did not answer on 127.0.0.1:{} within {limit:?}", self.port);
+                bail!(
+                    "the AWS emulator did not answer on 127.0.0.1:{} within {limit:?}",
+                    self.port
+                );
             }
             // Polling a condition with a deadline, not sleeping as synchronisation.
             std::thread::sleep(Duration::from_millis(50));
@@ -143,7 +153,11 @@ pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
         .endpoint_url(endpoint)
         .region(Region::new(REGION))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            ACCESS_KEY, SECRET_KEY, None, None, "embatch-localaws",
+            ACCESS_KEY,
+            SECRET_KEY,
+            None,
+            None,
+            "embatch-localaws",
         ))
         .load()
         .await

@@ -11,9 +11,11 @@
 //! Nothing here is used by the deployed worker or submitter.
 
 pub mod batch;
+pub mod bins;
 pub mod emulator;
 pub mod faults;
 pub mod python;
+pub mod sample;
 pub mod test_model;
 
 pub use emulator::Emulator;

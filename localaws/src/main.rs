@@ -1,1 +1,483 @@
-fn main() {}
+//! `embatch-local`: the whole embatch pipeline on this machine, against a local AWS emulator.
+//!
+//! Starts the emulator, creates the bucket, table and Batch resources, uploads a folder of
+//! images (or a generated sample set), runs the real submitter, plays AWS Batch by running the
+//! real worker for every array child, then reads the vectors back and prints what a person
+//! wants to see: counts, failures with reasons, throughput, and nearest neighbours.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+
+use embatch_localaws::emulator::Emulator;
+use embatch_localaws::{batch, bins, python, sample, test_model};
+use embatch_records::report::{ChildSummary, FailureLine};
+use embatch_records::run::RunLayout;
+use embatch_records::s3uri::S3Uri;
+use embatch_records::vector::VectorRecord;
+use embatch_records::{aws, reader::TableReader, table};
+
+/// The local run: embed a folder of images with the real submitter and worker against a local
+/// AWS emulator, and show the result.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A folder of images to embed (searched recursively). Default: a generated sample set
+    /// of four visual families in six formats.
+    dir: Option<PathBuf>,
+    /// Model spec to embed with. Default: models/resnet18-v2-7.toml when `models/fetch` has
+    /// put its model in place, else the generated random-weight test model (with a warning).
+    #[arg(long)]
+    model_spec: Option<PathBuf>,
+    /// Images per manifest (= per array child). Default: a quarter of the files (at most
+    /// 1000), so that even the sample set runs as an array job of several children.
+    #[arg(long)]
+    images_per_job: Option<usize>,
+    /// Array children run at once.
+    #[arg(long, default_value_t = 2)]
+    parallel: usize,
+    /// Images whose nearest neighbours are printed.
+    #[arg(long, default_value_t = 4)]
+    show: usize,
+    /// Leave the emulator running at the end and print how to reach it.
+    #[arg(long)]
+    keep: bool,
+}
+
+const BUCKET: &str = "embatch-local";
+const TABLE: &str = "embatch-vectors";
+const PREFIX: &str = "images/";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tokio::select! {
+        result = run(args) => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("embatch-local: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            // Dropping the run future drops the emulator, which stops it.
+            eprintln!("embatch-local: interrupted; emulator stopped");
+            ExitCode::from(130)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (submitter, worker) = (bins::binary("embatch")?, bins::binary("embatch-worker")?);
+    let spec = choose_model(args.model_spec.clone())?;
+
+    say("starting the AWS emulator on 127.0.0.1");
+    let emulator = if args.keep {
+        Emulator::start_kept()?
+    } else {
+        Emulator::start()?
+    };
+    let config = emulator.sdk_config().await;
+    let s3 = aws::s3(&config);
+    let dynamodb = aws::dynamodb(&config);
+    let batch_client = aws_sdk_batch::Client::new(&config);
+
+    say("creating the bucket, the vector table and the Batch queue");
+    s3.create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .context("creating the bucket")?;
+    table::create_table(&dynamodb, TABLE).await?;
+    let resources = batch::create_resources(&emulator, &config, "embatch-local").await?;
+
+    let images = collect_images(args.dir.as_deref())?;
+    say(&format!(
+        "uploading {} files to s3://{BUCKET}/{PREFIX}",
+        images.len()
+    ));
+    futures::stream::iter(images.iter())
+        .map(|(name, bytes)| {
+            let s3 = s3.clone();
+            async move {
+                s3.put_object()
+                    .bucket(BUCKET)
+                    .key(format!("{PREFIX}{name}"))
+                    .body(bytes.clone().into())
+                    .send()
+                    .await
+                    .with_context(|| format!("uploading {name}"))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    say(&format!("embatch submit {{\"Paths\": [\"{PREFIX}\"]}}"));
+    let event = format!(r#"{{"Paths": ["{PREFIX}"]}}"#);
+    let images_per_job = args
+        .images_per_job
+        .unwrap_or_else(|| images.len().div_ceil(4).clamp(1, 1000));
+    let submitted = run_submitter(
+        &submitter,
+        &emulator,
+        &resources,
+        &spec,
+        &event,
+        images_per_job,
+    )
+    .await?;
+    let run_id = submitted["run_id"]
+        .as_str()
+        .context("submitter output lacks run_id")?
+        .to_string();
+    let run_uri = submitted["run_uri"]
+        .as_str()
+        .context("submitter output lacks run_uri")?;
+    let job_ids: Vec<String> = submitted["jobs"]
+        .as_array()
+        .context("submitter output lacks jobs")?
+        .iter()
+        .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+        .collect();
+    let manifests = submitted["manifests"].as_u64().unwrap_or(0);
+
+    say(&format!(
+        "playing AWS Batch: {manifests} array children, {} at a time",
+        args.parallel
+    ));
+    let started = Instant::now();
+    let runs = batch::Player::new(&worker, &emulator)
+        .parallelism(args.parallel)
+        .play(&batch_client, &job_ids)
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    for r in runs.iter().filter(|r| !r.success()) {
+        eprintln!(
+            "child {} exited with {:?}:\n{}",
+            r.job_id,
+            r.exit_code,
+            tail(&r.stderr, 15)
+        );
+    }
+
+    let layout = RunLayout::from_root(S3Uri::parse(run_uri)?);
+    let (summaries, failures) = read_reports(&s3, &layout, manifests as usize).await?;
+    let records: Vec<VectorRecord> = TableReader::new(dynamodb.clone(), TABLE)
+        .scan(4)
+        .try_collect()
+        .await
+        .context("reading the vectors back")?;
+
+    print_report(&Report {
+        run_id: &run_id,
+        listing: &submitted["listing"],
+        summaries: &summaries,
+        failures: &failures,
+        children_failed: runs.iter().filter(|r| !r.success()).count(),
+        seconds,
+        records: &records,
+        show: args.show,
+    });
+
+    if args.keep {
+        print_keep_instructions(&emulator);
+        std::mem::forget(emulator);
+    }
+    if runs.iter().any(|r| !r.success()) {
+        bail!("some array children failed (see above)");
+    }
+    Ok(())
+}
+
+fn say(what: &str) {
+    eprintln!("==> {what}");
+}
+
+/// The spec to use, with a warning when it is the random-weight test model.
+fn choose_model(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(spec) = explicit {
+        return spec
+            .canonicalize()
+            .with_context(|| format!("model spec {}", spec.display()));
+    }
+    let spec = python::workspace_root().join("models/resnet18-v2-7.toml");
+    if model_in_place(&spec)? {
+        say(&format!("model: {} (pretrained ResNet18)", spec.display()));
+        return Ok(spec);
+    }
+    eprintln!(
+        "warning: the pretrained ResNet18 is not in place (run `models/fetch models/resnet18-v2-7.toml` \
+         on a machine with internet); using the generated random-weight test model: the pipeline \
+         runs end to end, but the vectors carry no meaning"
+    );
+    test_model::resnet18_spec()
+}
+
+/// Whether the spec's model file exists and matches the spec's sha256.
+fn model_in_place(spec: &Path) -> anyhow::Result<bool> {
+    use sha2::Digest;
+    let text =
+        std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
+    let value: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str());
+    let (Some(file), Some(sha)) = (field("file"), field("sha256")) else {
+        bail!("{} lacks `file` or `sha256`", spec.display());
+    };
+    let path = spec.parent().unwrap_or(Path::new(".")).join(file);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(false);
+    };
+    let actual = hex_lower(&sha2::Sha256::digest(&bytes));
+    if actual != sha {
+        bail!(
+            "{} has sha256 {actual}, but {} says {sha}: fetch it again with models/fetch",
+            path.display(),
+            spec.display()
+        );
+    }
+    Ok(true)
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `(relative name, bytes)` of every file under `dir`, or the generated sample set.
+fn collect_images(dir: Option<&Path>) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let Some(dir) = dir else {
+        return Ok(sample::generate(6, 7)
+            .into_iter()
+            .map(|s| (s.name, s.bytes))
+            .collect());
+    };
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(dir)
+            .expect("walkdir stays under its root");
+        let name = rel.to_string_lossy().replace('\\', "/");
+        let bytes = std::fs::read(entry.path())
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        out.push((name, bytes));
+    }
+    if out.is_empty() {
+        bail!("{} holds no files", dir.display());
+    }
+    Ok(out)
+}
+
+async fn run_submitter(
+    submitter: &Path,
+    emulator: &Emulator,
+    resources: &batch::BatchResources,
+    spec: &Path,
+    event: &str,
+    images_per_job: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(submitter)
+        .arg("submit")
+        .args(["--event", "-", "--bucket", BUCKET, "--table", TABLE])
+        .args(["--job-queue", &resources.job_queue])
+        .args(["--job-definition", &resources.job_definition])
+        .args(["--images-per-job", &images_per_job.to_string()])
+        .arg("--model-spec")
+        .arg(spec)
+        .envs(emulator.env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", submitter.display()))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(event.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!("the submitter failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the submitter's JSON summary")
+}
+
+async fn read_reports(
+    s3: &aws_sdk_s3::Client,
+    layout: &RunLayout,
+    manifests: usize,
+) -> anyhow::Result<(Vec<ChildSummary>, Vec<FailureLine>)> {
+    let get = |uri: S3Uri| async move {
+        let out = s3
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await;
+        match out {
+            Ok(o) => Ok(Some(
+                o.body
+                    .collect()
+                    .await
+                    .with_context(|| format!("reading {uri}"))?
+                    .into_bytes(),
+            )),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {uri}"))),
+        }
+    };
+    let (mut summaries, mut failures) = (Vec::new(), Vec::new());
+    for n in 0..manifests {
+        if let Some(bytes) = get(layout.summary(n)).await? {
+            summaries.push(
+                serde_json::from_slice(&bytes).with_context(|| format!("{}", layout.summary(n)))?,
+            );
+        }
+        if let Some(bytes) = get(layout.failures(n)).await? {
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                failures.push(
+                    serde_json::from_slice(line)
+                        .with_context(|| format!("{}", layout.failures(n)))?,
+                );
+            }
+        }
+    }
+    Ok((summaries, failures))
+}
+
+struct Report<'a> {
+    run_id: &'a str,
+    listing: &'a serde_json::Value,
+    summaries: &'a [ChildSummary],
+    failures: &'a [FailureLine],
+    children_failed: usize,
+    seconds: f64,
+    records: &'a [VectorRecord],
+    show: usize,
+}
+
+fn print_report(r: &Report) {
+    let sum = |f: fn(&ChildSummary) -> u64| r.summaries.iter().map(f).sum::<u64>();
+    let (images, written, skipped, failed) = (
+        sum(|s| s.images),
+        sum(|s| s.written),
+        sum(|s| s.skipped),
+        sum(|s| s.failed),
+    );
+    println!();
+    println!("run {}", r.run_id);
+    println!("  listing          {}", r.listing);
+    println!("  images found     {images}");
+    println!("  written          {written}");
+    println!("  skipped          {skipped}");
+    println!("  failed           {failed}");
+    println!("  children failed  {}", r.children_failed);
+    println!(
+        "  throughput       {:.1} vectors/s ({written} in {:.1} s, all children)",
+        written as f64 / r.seconds.max(1e-9),
+        r.seconds
+    );
+    println!("  table items      {}", r.records.len());
+    if !r.failures.is_empty() {
+        println!("\nfailures:");
+        for f in r.failures.iter().take(20) {
+            println!("  {:<40} {:<16} {}", f.key, f.kind, f.message);
+        }
+        if r.failures.len() > 20 {
+            println!("  ... and {} more", r.failures.len() - 20);
+        }
+    }
+    print_neighbours(r.records, r.show);
+}
+
+/// Cosine nearest neighbours: a few images in full, and for all images how often the
+/// nearest neighbour comes from the same folder (for the sample set: the same family).
+fn print_neighbours(records: &[VectorRecord], show: usize) {
+    if records.len() < 2 {
+        return;
+    }
+    let mut sorted: Vec<&VectorRecord> = records.iter().collect();
+    sorted.sort_by(|a, b| a.image_id.cmp(&b.image_id));
+    let unit: Vec<Vec<f32>> = sorted.iter().map(|r| normalised(&r.vector)).collect();
+    let folder = |id: &str| {
+        id.rsplit_once('/')
+            .map(|(d, _)| d.to_string())
+            .unwrap_or_default()
+    };
+    let neighbours = |i: usize| -> Vec<(usize, f32)> {
+        let mut sims: Vec<(usize, f32)> = (0..unit.len())
+            .filter(|&j| j != i)
+            .map(|j| (j, unit[i].iter().zip(&unit[j]).map(|(a, b)| a * b).sum()))
+            .collect();
+        sims.sort_by(|a, b| b.1.total_cmp(&a.1));
+        sims
+    };
+    println!("\nnearest neighbours (cosine similarity):");
+    let step = (sorted.len() / show.max(1)).max(1);
+    for i in (0..sorted.len()).step_by(step).take(show) {
+        println!("  {}", sorted[i].image_id);
+        for (j, sim) in neighbours(i).into_iter().take(3) {
+            println!("      {sim:.4}  {}", sorted[j].image_id);
+        }
+    }
+    let mut same: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for i in 0..sorted.len() {
+        let j = neighbours(i)[0].0;
+        let f = folder(&sorted[i].image_id);
+        let e = same.entry(f.clone()).or_default();
+        e.1 += 1;
+        if folder(&sorted[j].image_id) == f {
+            e.0 += 1;
+        }
+    }
+    let (hits, total) = same.values().fold((0, 0), |(h, t), (a, b)| (h + a, t + b));
+    println!(
+        "\nnearest neighbour from the same folder: {hits}/{total} ({:.1}%)",
+        100.0 * hits as f64 / total as f64
+    );
+    for (f, (h, t)) in &same {
+        println!("  {f:<40} {h}/{t}");
+    }
+}
+
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter().map(|x| x / norm).collect()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn print_keep_instructions(emulator: &Emulator) {
+    let env: Vec<String> = emulator
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("\nemulator kept running");
+    println!("  endpoint  {}", emulator.endpoint());
+    println!("  pid       {}", emulator.pid());
+    println!("  table     {TABLE}");
+    println!("To look around:");
+    println!("  export {}", env.join(" "));
+    println!("  aws dynamodb scan --table-name {TABLE} --select COUNT");
+    println!("  aws s3 ls --recursive s3://{BUCKET}/");
+    println!("  target/release/embatch-vectors --table {TABLE} export --out vectors/");
+    println!("stop it with: kill {}", emulator.pid());
+}

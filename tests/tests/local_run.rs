@@ -1,0 +1,74 @@
+//! The local run (README's first command) on the generated sample set: what it prints must
+//! match what the table really holds.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use embatch_localaws::{bins, emulator, sample};
+use embatch_records::reader::TableReader;
+use futures::TryStreamExt;
+
+/// Kills the kept emulator however the test ends.
+struct KillOnDrop(u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: sending a signal to a process id has no memory-safety preconditions.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// `label value` lines of the local run's report, keyed by label.
+fn report_fields(stdout: &str) -> HashMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (label, value) = l.split_once("  ")?;
+            Some((label.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn local_run_on_the_sample_set_prints_what_the_table_holds() {
+    let local = bins::binary("embatch-local").unwrap();
+    let out = Command::new(&local).arg("--keep").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let fields = report_fields(&stdout);
+    let _emulator = fields.get("pid").map(|p| KillOnDrop(p.parse().unwrap()));
+    assert!(
+        out.status.success(),
+        "local run failed:\n{stdout}\n{stderr}"
+    );
+    let number = |label: &str| -> usize {
+        fields
+            .get(label)
+            .unwrap_or_else(|| panic!("no {label:?} line in:\n{stdout}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{label:?}: {e}"))
+    };
+
+    let expected = sample::generate(6, 7).len();
+    assert_eq!(number("images found"), expected);
+    assert_eq!(number("written"), expected);
+    assert_eq!(number("failed"), 0);
+    assert_eq!(number("children failed"), 0);
+    assert!(stderr.contains("array children"), "{stderr}");
+
+    let config = emulator::sdk_config_for(&fields["endpoint"]).await;
+    let reader = TableReader::new(aws_sdk_dynamodb::Client::new(&config), &fields["table"]);
+    let records: Vec<_> = reader.scan(2).try_collect().await.unwrap();
+    assert_eq!(number("table items"), records.len());
+    assert_eq!(records.len(), expected);
+    for r in &records {
+        let uri = r.meta.source_uri.as_deref().unwrap();
+        assert!(uri.ends_with(&r.image_id), "{uri} vs {}", r.image_id);
+        assert!(sample::family_of(&r.image_id).is_some(), "{}", r.image_id);
+    }
+    // The sample's families are visually distinct; even random weights keep them apart.
+    assert!(
+        stdout.contains("nearest neighbour from the same folder"),
+        "{stdout}"
+    );
+}
