@@ -115,7 +115,13 @@ impl Match {
         match (self, &request.operation) {
             (Match::Any, _) => true,
             (Match::DynamoDb { operation }, Some(op)) => operation.as_ref().is_none_or(|o| o == op),
-            (Match::S3 { method, path_prefix }, None) => {
+            (
+                Match::S3 {
+                    method,
+                    path_prefix,
+                },
+                None,
+            ) => {
                 method.as_ref().is_none_or(|m| *m == request.method)
                     && path_prefix
                         .as_ref()
@@ -276,7 +282,8 @@ impl FaultProxy {
     /// Starts a proxy on a free 127.0.0.1 port forwarding to `upstream`
     /// (`http://127.0.0.1:<port>`, e.g. [`crate::Emulator::endpoint`]).
     pub fn start(upstream: &str, plan: FaultPlan) -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the fault proxy")?;
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the fault proxy")?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
         let state = Arc::new(State {
@@ -350,7 +357,12 @@ impl FaultProxy {
 
     /// What the proxy has seen and injected so far.
     pub fn counts(&self) -> FaultCounts {
-        self.state.book.lock().expect("fault book lock").counts.clone()
+        self.state
+            .book
+            .lock()
+            .expect("fault book lock")
+            .counts
+            .clone()
     }
 }
 
@@ -392,7 +404,11 @@ impl State {
                 None => {
                     parts.method.as_str().hash(&mut h);
                     parts.uri.to_string().hash(&mut h);
-                    parts.headers.get("range").map(|r| r.as_bytes()).hash(&mut h);
+                    parts
+                        .headers
+                        .get("range")
+                        .map(|r| r.as_bytes())
+                        .hash(&mut h);
                 }
             }
             h.finish()
@@ -428,7 +444,10 @@ impl State {
                 if draw < rule.probability {
                     book.counts.per_rule[i] += 1;
                     *book.counts.by_kind.entry(rule.fault.kind()).or_default() += 1;
-                    chosen = Some((rule.fault.clone(), hash_of((self.plan.seed, content, nth, "choice"))));
+                    chosen = Some((
+                        rule.fault.clone(),
+                        hash_of((self.plan.seed, content, nth, "choice")),
+                    ));
                     break;
                 }
             }
@@ -457,11 +476,18 @@ impl State {
                         Err::<Frame<Bytes>, BoxError>(injected("injected reset mid-body"))
                     }),
                 );
-                Ok(Response::from_parts(head, BodyExt::boxed(StreamBody::new(frames))))
+                Ok(Response::from_parts(
+                    head,
+                    BodyExt::boxed(StreamBody::new(frames)),
+                ))
             }
             Some((Fault::Unprocessed, choice)) => {
-                let (op, json) = (seen.operation.as_deref(), json.expect("batch requests are JSON"));
-                self.partial_batch(op == Some("BatchWriteItem"), parts, json, choice).await
+                let (op, json) = (
+                    seen.operation.as_deref(),
+                    json.expect("batch requests are JSON"),
+                );
+                self.partial_batch(op == Some("BatchWriteItem"), parts, json, choice)
+                    .await
             }
         }
     }
@@ -502,7 +528,10 @@ impl State {
         // table -> withheld entries (write requests, or KeysAndAttributes with fewer keys)
         let mut withheld = serde_json::Map::new();
         let mut withheld_count = 0u64;
-        if let Some(tables) = request.get_mut("RequestItems").and_then(Value::as_object_mut) {
+        if let Some(tables) = request
+            .get_mut("RequestItems")
+            .and_then(Value::as_object_mut)
+        {
             for (table, entry) in tables.iter_mut() {
                 let list = if write {
                     entry.as_array_mut()
@@ -516,7 +545,8 @@ impl State {
                 let hold = rng.random_range(1..=n);
                 let mut order: Vec<usize> = (0..n).collect();
                 order.shuffle(&mut rng);
-                let held: std::collections::HashSet<usize> = order[..hold].iter().copied().collect();
+                let held: std::collections::HashSet<usize> =
+                    order[..hold].iter().copied().collect();
                 let (mut keep, mut away) = (Vec::new(), Vec::new());
                 for (i, v) in list.drain(..).enumerate() {
                     if held.contains(&i) {
@@ -538,15 +568,23 @@ impl State {
             }
             // DynamoDB rejects empty lists: drop the tables with nothing left to forward.
             tables.retain(|_, entry| {
-                let list = if write { entry.as_array() } else { entry.get("Keys").and_then(Value::as_array) };
+                let list = if write {
+                    entry.as_array()
+                } else {
+                    entry.get("Keys").and_then(Value::as_array)
+                };
                 list.is_some_and(|l| !l.is_empty())
             });
         }
         self.book.lock().expect("fault book lock").counts.withheld += withheld_count;
 
-        let forward_any = request["RequestItems"].as_object().is_some_and(|t| !t.is_empty());
+        let forward_any = request["RequestItems"]
+            .as_object()
+            .is_some_and(|t| !t.is_empty());
         let mut answer = if forward_any {
-            let upstream = self.forward(parts, Bytes::from(request.to_string())).await?;
+            let upstream = self
+                .forward(parts, Bytes::from(request.to_string()))
+                .await?;
             if upstream.status() != StatusCode::OK {
                 return Ok(full_response(upstream));
             }
@@ -556,7 +594,11 @@ impl State {
         } else {
             json!({"Responses": {}, "UnprocessedKeys": {}})
         };
-        let field = if write { "UnprocessedItems" } else { "UnprocessedKeys" };
+        let field = if write {
+            "UnprocessedItems"
+        } else {
+            "UnprocessedKeys"
+        };
         if !answer.get(field).is_some_and(Value::is_object) {
             answer[field] = json!({});
         }
@@ -568,7 +610,12 @@ impl State {
                 *slot = Value::Array(all);
             } else {
                 let mut all = held["Keys"].as_array().cloned().unwrap_or_default();
-                all.extend(slot.get("Keys").and_then(Value::as_array).cloned().unwrap_or_default());
+                all.extend(
+                    slot.get("Keys")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
                 let mut entry = held;
                 entry["Keys"] = Value::Array(all);
                 *slot = entry;
@@ -582,7 +629,13 @@ impl State {
 fn batch_size(operation: &str, request: &Value) -> Option<usize> {
     let tables = request.get("RequestItems")?.as_object()?;
     match operation {
-        "BatchWriteItem" => Some(tables.values().filter_map(Value::as_array).map(Vec::len).sum()),
+        "BatchWriteItem" => Some(
+            tables
+                .values()
+                .filter_map(Value::as_array)
+                .map(Vec::len)
+                .sum(),
+        ),
         "BatchGetItem" => Some(
             tables
                 .values()
@@ -600,7 +653,10 @@ fn injected(what: &'static str) -> BoxError {
 }
 
 fn is_batch(seen: &Seen) -> bool {
-    matches!(seen.operation.as_deref(), Some("BatchWriteItem" | "BatchGetItem"))
+    matches!(
+        seen.operation.as_deref(),
+        Some("BatchWriteItem" | "BatchGetItem")
+    )
 }
 
 fn hash_of(value: impl Hash) -> u64 {
@@ -615,7 +671,11 @@ fn unit(hash: u64) -> f64 {
 }
 
 fn full_response(response: Response<Bytes>) -> Response<ProxyBody> {
-    response.map(|b| Full::new(b).map_err(|never: Infallible| match never {}).boxed())
+    response.map(|b| {
+        Full::new(b)
+            .map_err(|never: Infallible| match never {})
+            .boxed()
+    })
 }
 
 fn json_answer(status: StatusCode, body: String) -> Response<ProxyBody> {

@@ -77,7 +77,10 @@ async fn s3_faults_reach_the_client_and_are_counted() {
 
     // Rules fire in order, one each: the client sees each failure in turn.
     let truncated = get(&client, &bucket).await.unwrap_err();
-    assert!(truncated.starts_with("body:"), "the headers arrived, the body broke: {truncated}");
+    assert!(
+        truncated.starts_with("body:"),
+        "the headers arrived, the body broke: {truncated}"
+    );
     let slow_down = get(&client, &bucket).await.unwrap_err();
     assert!(slow_down.contains("SlowDown"), "{slow_down}");
     let internal = get(&client, &bucket).await.unwrap_err();
@@ -86,7 +89,11 @@ async fn s3_faults_reach_the_client_and_are_counted() {
     assert!(!reset.starts_with("body:"), "no answer at all: {reset}");
     let timeout = get(&client, &bucket).await.unwrap_err();
     assert!(timeout.to_lowercase().contains("timeout"), "{timeout}");
-    assert_eq!(get(&client, &bucket).await.unwrap(), body, "rules spent: passes through");
+    assert_eq!(
+        get(&client, &bucket).await.unwrap(),
+        body,
+        "rules spent: passes through"
+    );
 
     let counts = proxy.counts();
     assert_eq!(counts.per_rule, vec![1, 1, 1, 1, 1]);
@@ -118,13 +125,21 @@ async fn other_requests_pass_through_untouched() {
         &emulator.endpoint(),
         FaultPlan {
             seed: 9,
-            rules: vec![FaultRule::new(Match::s3_get_under(&bucket, "other/"), Fault::Reset)],
+            rules: vec![FaultRule::new(
+                Match::s3_get_under(&bucket, "other/"),
+                Fault::Reset,
+            )],
         },
     )
     .unwrap();
     let client = s3(&proxy.endpoint(), 1).await;
     assert_eq!(get(&client, &bucket).await.unwrap(), body);
-    let listed = client.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(listed.contents().len(), 1);
     assert_eq!(proxy.counts().injected(), 0);
     assert_eq!(proxy.counts().requests, 2);
@@ -145,7 +160,10 @@ async fn outcomes(emulator: &Emulator, bucket: &str, seed: u64) -> Vec<bool> {
     for _ in 0..40 {
         failed.push(get(&client, bucket).await.is_err());
     }
-    assert_eq!(proxy.counts().injected(), failed.iter().filter(|f| **f).count() as u64);
+    assert_eq!(
+        proxy.counts().injected(),
+        failed.iter().filter(|f| **f).count() as u64
+    );
     failed
 }
 
@@ -159,7 +177,10 @@ async fn the_same_seed_makes_the_same_decisions() {
     assert_eq!(a, b);
     assert_ne!(a, c, "another seed, other decisions");
     let failures = a.iter().filter(|f| **f).count();
-    assert!((8..=32).contains(&failures), "about half of 40 fail: {failures}");
+    assert!(
+        (8..=32).contains(&failures),
+        "about half of 40 fail: {failures}"
+    );
 }
 
 #[tokio::test]
@@ -186,8 +207,16 @@ async fn a_child_process_can_use_the_proxy_through_its_environment() {
         .envs(proxy.env())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65536");
     assert_eq!(proxy.counts().injected(), 1);
-    assert_eq!(proxy.counts().operation("S3 GET"), 2, "throttled once, retried once");
+    assert_eq!(
+        proxy.counts().operation("S3 GET"),
+        2,
+        "throttled once, retried once"
+    );
 }

@@ -101,14 +101,19 @@ impl<W: Write + Seek> NpyF32Writer<W> {
 
 /// The NumPy 1.0 header of a little-endian float32 C-order matrix, exactly `HEADER_LEN` bytes.
 fn npy_header(rows: u64, columns: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {columns}), }}");
+    let dict =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {columns}), }}");
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(b"\x93NUMPY\x01\x00");
     header.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
     header.extend_from_slice(dict.as_bytes());
     header.resize(HEADER_LEN - 1, b' ');
     header.push(b'\n');
-    debug_assert_eq!(header.len(), HEADER_LEN, "the dict always fits: u64s have ≤ 20 digits");
+    debug_assert_eq!(
+        header.len(),
+        HEADER_LEN,
+        "the dict always fits: u64s have ≤ 20 digits"
+    );
     header
 }
 
@@ -161,7 +166,12 @@ pub async fn export(
 ) -> Result<ExportSummary, ExportError> {
     let vectors_path = dir.join(VECTORS_FILE);
     let ids_path = dir.join(IDS_FILE);
-    let partial = |p: &Path| p.with_extension(format!("{}.partial", p.extension().unwrap_or_default().to_string_lossy()));
+    let partial = |p: &Path| {
+        p.with_extension(format!(
+            "{}.partial",
+            p.extension().unwrap_or_default().to_string_lossy()
+        ))
+    };
     let (vectors_tmp, ids_tmp) = (partial(&vectors_path), partial(&ids_path));
     let result = write_files(reader, segments, &vectors_tmp, &ids_tmp).await;
     let rows_and_dim = match result {
@@ -235,7 +245,9 @@ mod tests {
         assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
         assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, HEADER_LEN - 10);
         let dict = std::str::from_utf8(&h[10..]).unwrap();
-        assert!(dict.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (10000, 512), }"));
+        assert!(
+            dict.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (10000, 512), }")
+        );
         assert!(dict.ends_with(" \n"));
         assert_eq!(npy_header(u64::MAX, usize::MAX).len(), HEADER_LEN);
     }
@@ -248,7 +260,9 @@ mod tests {
         assert_eq!((ragged.row, ragged.expected, ragged.found), (1, 2, 1));
         let bytes = w.finish().unwrap().into_inner();
         assert_eq!(bytes.len(), HEADER_LEN + 8);
-        assert!(std::str::from_utf8(&bytes[10..HEADER_LEN]).unwrap().contains("(1, 2)"));
+        assert!(std::str::from_utf8(&bytes[10..HEADER_LEN])
+            .unwrap()
+            .contains("(1, 2)"));
         assert_eq!(&bytes[HEADER_LEN..], &[0, 0, 0x80, 0x3f, 0, 0, 0, 0x80]);
     }
 }

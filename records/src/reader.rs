@@ -237,9 +237,9 @@ impl TableReader {
         segments: u32,
     ) -> impl Stream<Item = Result<VectorRecord, ReadError>> + Send + 'static {
         let segments = segments.max(1);
-        stream::select_all((0..segments).map(|segment| {
-            Box::pin(self.clone().scan_segment(segment, segments))
-        }))
+        stream::select_all(
+            (0..segments).map(|segment| Box::pin(self.clone().scan_segment(segment, segments))),
+        )
     }
 
     fn scan_segment(
@@ -284,10 +284,7 @@ impl TableReader {
                             .collect();
                         Some((records, next))
                     }
-                    Err(e) => Some((
-                        vec![Err(reader.request_error("Scan", &e))],
-                        Next::Done,
-                    )),
+                    Err(e) => Some((vec![Err(reader.request_error("Scan", &e))], Next::Done)),
                 }
             }
         })

@@ -72,7 +72,9 @@ impl RetryPolicy {
 
     /// The ceiling of the wait before retry `retry` (1-based): `min(cap, base * 2^(retry-1))`.
     pub fn ceiling(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.cap)
     }
 }
@@ -140,7 +142,10 @@ where
     loop {
         match op().await {
             Err(e) if is_transient(&e) && backoff.wait().await => {
-                tracing::debug!(attempt = backoff.attempts(), "retrying after a transient error");
+                tracing::debug!(
+                    attempt = backoff.attempts(),
+                    "retrying after a transient error"
+                );
             }
             outcome => return outcome,
         }
@@ -173,7 +178,9 @@ pub fn is_transient_sdk_error<E: ProvideErrorMetadata>(err: &SdkError<E>) -> boo
             let status = service.raw().status().as_u16();
             status >= 500
                 || status == 429
-                || err.code().is_some_and(|code| TRANSIENT_CODES.contains(&code))
+                || err
+                    .code()
+                    .is_some_and(|code| TRANSIENT_CODES.contains(&code))
         }
         _ => false,
     }
@@ -196,7 +203,10 @@ mod tests {
     fn ceilings_double_up_to_the_cap() {
         let p = policy(100);
         let ms = |n| p.ceiling(n).as_millis();
-        assert_eq!([ms(1), ms(2), ms(3), ms(4), ms(5), ms(40)], [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5), ms(40)],
+            [100, 200, 400, 800, 1000, 1000]
+        );
     }
 
     #[test]
@@ -229,18 +239,26 @@ mod tests {
             ..policy(4)
         };
         let mut calls = 0;
-        let r: Result<(), &str> = retry(&fast, |e| *e == "transient", || {
-            calls += 1;
-            async { Err("permanent") }
-        })
+        let r: Result<(), &str> = retry(
+            &fast,
+            |e| *e == "transient",
+            || {
+                calls += 1;
+                async { Err("permanent") }
+            },
+        )
         .await;
         assert_eq!((r, calls), (Err("permanent"), 1));
 
         let mut calls = 0;
-        let r: Result<(), &str> = retry(&fast, |e| *e == "transient", || {
-            calls += 1;
-            async { Err("transient") }
-        })
+        let r: Result<(), &str> = retry(
+            &fast,
+            |e| *e == "transient",
+            || {
+                calls += 1;
+                async { Err("transient") }
+            },
+        )
         .await;
         assert_eq!((r, calls), (Err("transient"), 4));
     }

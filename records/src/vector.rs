@@ -135,12 +135,12 @@ pub fn encode_f32_le(values: &[f32]) -> Vec<u8> {
 
 /// The inverse of [`encode_f32_le`]; `None` if the length is not a multiple of 4.
 pub fn decode_f32_le(bytes: &[u8]) -> Option<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    let words = bytes.chunks_exact(4);
+    if !words.remainder().is_empty() {
         return None;
     }
     Some(
-        bytes
-            .chunks_exact(4)
+        words
             .map(|c| f32::from_bits(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
     )

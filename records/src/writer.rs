@@ -216,7 +216,11 @@ impl TableWriter {
                         unprocessed = unprocessed.len(),
                         "BatchWriteItem left items unprocessed"
                     );
-                    let last = format!("{} of {} items unprocessed", unprocessed.len(), pending.len());
+                    let last = format!(
+                        "{} of {} items unprocessed",
+                        unprocessed.len(),
+                        pending.len()
+                    );
                     pending = unprocessed;
                     last
                 }
@@ -250,7 +254,9 @@ impl TableWriter {
             .iter()
             .all(|f| matches!(f.failure, WriteFailure::RetriesExhausted { .. }));
         let mut failures = failures.into_iter();
-        let first = failures.next().expect("error() is called with at least one failure");
+        let first = failures
+            .next()
+            .expect("error() is called with at least one failure");
         let mut unwritten = first.ids;
         unwritten.extend(failures.flat_map(|f| f.ids));
         WriteError {
@@ -304,7 +310,10 @@ mod tests {
     #[test]
     fn the_last_record_of_an_id_wins() {
         let kept = last_per_id(vec![record("a", 1.0), record("b", 2.0), record("a", 3.0)]);
-        let got: Vec<_> = kept.iter().map(|r| (r.image_id.as_str(), r.vector[0])).collect();
+        let got: Vec<_> = kept
+            .iter()
+            .map(|r| (r.image_id.as_str(), r.vector[0]))
+            .collect();
         assert_eq!(got, vec![("b", 2.0), ("a", 3.0)]);
     }
 
@@ -320,7 +329,10 @@ mod tests {
             transient: false,
         };
         let text = e.to_string();
-        assert!(text.starts_with("12 vector(s) not written to DynamoDB table t"), "{text}");
+        assert!(
+            text.starts_with("12 vector(s) not written to DynamoDB table t"),
+            "{text}"
+        );
         assert!(text.contains("\"img9\" and 2 more"), "{text}");
         assert!(!text.contains("img10"), "{text}");
     }

@@ -17,7 +17,8 @@ fn chaos(seed: u64, operation: &str) -> FaultPlan {
         seed,
         rules: vec![
             FaultRule::new(Match::dynamodb(operation), Fault::Throttle).probability(0.15),
-            FaultRule::new(Match::dynamodb(operation), Fault::ThrottlingException).probability(0.05),
+            FaultRule::new(Match::dynamodb(operation), Fault::ThrottlingException)
+                .probability(0.05),
             FaultRule::new(Match::dynamodb(operation), Fault::Status(500)).probability(0.05),
             FaultRule::new(Match::dynamodb(operation), Fault::Status(503)).probability(0.05),
             FaultRule::new(Match::dynamodb(operation), Fault::Reset).probability(0.05),
@@ -49,13 +50,26 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
     writer.write(written.clone()).await.unwrap();
 
     let counts = proxy.counts();
-    for kind in ["throttle", "throttling-exception", "status", "reset", "unprocessed"] {
-        assert!(counts.by_kind.get(kind).copied().unwrap_or(0) > 0, "no {kind} injected: {counts:?}");
+    for kind in [
+        "throttle",
+        "throttling-exception",
+        "status",
+        "reset",
+        "unprocessed",
+    ] {
+        assert!(
+            counts.by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} injected: {counts:?}"
+        );
     }
     assert!(counts.withheld > 100, "{counts:?}");
     assert_eq!(counts.largest_batch["BatchWriteItem"], 25);
     // A request without a fault stores its whole batch, so exactly one per batch of 25.
-    assert_eq!(counts.operation("BatchWriteItem") - counts.injected(), 2000 / 25, "{counts:?}");
+    assert_eq!(
+        counts.operation("BatchWriteItem") - counts.injected(),
+        2000 / 25,
+        "{counts:?}"
+    );
 
     let all = stored(&s).await;
     assert_eq!(all.len(), 2000);
@@ -71,7 +85,10 @@ async fn sdk_retries_and_ours_together_store_everything() {
     let writer = TableWriter::new(
         client(&proxy.endpoint(), 3).await,
         &s.table,
-        WriterConfig { max_in_flight: 8, retry: fast_retry(40) },
+        WriterConfig {
+            max_in_flight: 8,
+            retry: fast_retry(40),
+        },
     );
     let written = records(500, 1280, "both");
     writer.write(written.clone()).await.unwrap();
@@ -101,7 +118,11 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
     let reader = TableReader::with_config(
         client(&proxy.endpoint(), 1).await,
         &s.table,
-        ReaderConfig { max_in_flight: 4, retry: fast_retry(40), consistent_read: false },
+        ReaderConfig {
+            max_in_flight: 4,
+            retry: fast_retry(40),
+            consistent_read: false,
+        },
     );
     let mut ids: Vec<String> = written.iter().map(|r| r.image_id.clone()).collect();
     ids.push("missing-one".into());
@@ -113,12 +134,18 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
     }
     let provenance = reader.provenance(&ids).await.unwrap();
     assert_eq!(provenance.len(), 1000);
-    assert_eq!(provenance["read/00999.jpg"].source_etag.as_deref(), Some("etag-999"));
+    assert_eq!(
+        provenance["read/00999.jpg"].source_etag.as_deref(),
+        Some("etag-999")
+    );
 
     let counts = proxy.counts();
     assert!(counts.withheld > 50, "{counts:?}");
     assert_eq!(counts.largest_batch["BatchGetItem"], 100);
-    assert!(counts.per_rule[..6].iter().filter(|n| **n > 0).count() >= 5, "{counts:?}");
+    assert!(
+        counts.per_rule[..6].iter().filter(|n| **n > 0).count() >= 5,
+        "{counts:?}"
+    );
 
     let mut scanned: Vec<VectorRecord> = reader.scan(4).map(|r| r.unwrap()).collect().await;
     scanned.sort_by(|a, b| a.image_id.cmp(&b.image_id));
@@ -126,7 +153,11 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
     for (got, want) in scanned.iter().zip(&written) {
         assert_same(got, want);
     }
-    assert!(proxy.counts().per_rule[6..].iter().sum::<u64>() > 0, "{:?}", proxy.counts());
+    assert!(
+        proxy.counts().per_rule[6..].iter().sum::<u64>() > 0,
+        "{:?}",
+        proxy.counts()
+    );
 }
 
 #[tokio::test]
@@ -135,19 +166,31 @@ async fn a_spent_retry_budget_names_exactly_the_items_not_written() {
     // Every BatchWriteItem stores only part of its items: no batch can ever finish.
     let proxy = FaultProxy::start(
         &s.emulator.endpoint(),
-        FaultPlan { seed: 3, rules: vec![FaultRule::new(Match::dynamodb("BatchWriteItem"), Fault::Unprocessed)] },
+        FaultPlan {
+            seed: 3,
+            rules: vec![FaultRule::new(
+                Match::dynamodb("BatchWriteItem"),
+                Fault::Unprocessed,
+            )],
+        },
     )
     .unwrap();
     let writer = TableWriter::new(
         client(&proxy.endpoint(), 1).await,
         &s.table,
-        WriterConfig { max_in_flight: 4, retry: fast_retry(3) },
+        WriterConfig {
+            max_in_flight: 4,
+            retry: fast_retry(3),
+        },
     );
     let written = records(100, 512, "budget");
     let e = writer.write(written.clone()).await.unwrap_err();
 
     assert!(e.transient);
-    assert!(matches!(e.cause, WriteFailure::RetriesExhausted { attempts: 3, .. }), "{e}");
+    assert!(
+        matches!(e.cause, WriteFailure::RetriesExhausted { attempts: 3, .. }),
+        "{e}"
+    );
     let unwritten: HashSet<&str> = e.unwritten.iter().map(String::as_str).collect();
     assert_eq!(unwritten.len(), e.unwritten.len(), "no id named twice");
     let stored: HashSet<String> = stored(&s).await.into_iter().map(|r| r.image_id).collect();
@@ -160,7 +203,11 @@ async fn a_spent_retry_budget_names_exactly_the_items_not_written() {
     }
     assert!(!unwritten.is_empty());
     assert!(e.to_string().contains(&e.unwritten[0]), "{e}");
-    assert_eq!(proxy.counts().operation("BatchWriteItem"), 4 * 3, "4 batches x 3 attempts");
+    assert_eq!(
+        proxy.counts().operation("BatchWriteItem"),
+        4 * 3,
+        "4 batches x 3 attempts"
+    );
 }
 
 #[tokio::test]
@@ -168,26 +215,61 @@ async fn endless_throttling_ends_in_a_transient_error_for_every_item() {
     let s = setup().await;
     let proxy = FaultProxy::start(
         &s.emulator.endpoint(),
-        FaultPlan { seed: 1, rules: vec![FaultRule::new(Match::Any, Fault::Throttle)] },
+        FaultPlan {
+            seed: 1,
+            rules: vec![FaultRule::new(Match::Any, Fault::Throttle)],
+        },
     )
     .unwrap();
     let c = client(&proxy.endpoint(), 1).await;
-    let e = TableWriter::new(c.clone(), &s.table, WriterConfig { max_in_flight: 2, retry: fast_retry(4) })
-        .write(records(30, 4, "throttled"))
-        .await
-        .unwrap_err();
+    let e = TableWriter::new(
+        c.clone(),
+        &s.table,
+        WriterConfig {
+            max_in_flight: 2,
+            retry: fast_retry(4),
+        },
+    )
+    .write(records(30, 4, "throttled"))
+    .await
+    .unwrap_err();
     assert_eq!(e.unwritten.len(), 30);
     assert!(e.transient);
-    assert!(e.to_string().contains("ProvisionedThroughputExceeded"), "{e}");
+    assert!(
+        e.to_string().contains("ProvisionedThroughputExceeded"),
+        "{e}"
+    );
     assert!(stored(&s).await.is_empty());
 
-    let reader = TableReader::with_config(c, &s.table, ReaderConfig { retry: fast_retry(4), ..Default::default() });
+    let reader = TableReader::with_config(
+        c,
+        &s.table,
+        ReaderConfig {
+            retry: fast_retry(4),
+            ..Default::default()
+        },
+    );
     let e = reader.get(&["a", "b"]).await.unwrap_err();
-    assert!(matches!(e, ReadError::Request { transient: true, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ReadError::Request {
+                transient: true,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.is_transient());
     let scanned: Vec<_> = reader.scan(2).collect().await;
-    assert_eq!(scanned.len(), 2, "one error per segment, then the segment ends");
-    assert!(scanned.iter().all(|r| r.as_ref().is_err_and(ReadError::is_transient)));
+    assert_eq!(
+        scanned.len(),
+        2,
+        "one error per segment, then the segment ends"
+    );
+    assert!(scanned
+        .iter()
+        .all(|r| r.as_ref().is_err_and(ReadError::is_transient)));
     // 2 writes x 4 + 1 get x 4 + 2 segments x 4 attempts.
     assert_eq!(proxy.counts().injected(), 8 + 4 + 8);
 }

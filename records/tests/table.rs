@@ -66,19 +66,23 @@ async fn ten_thousand_items_are_written_and_read_back_bit_exact() {
 
     let ids: Vec<&str> = written.iter().map(|r| r.image_id.as_str()).collect();
     let fetched = reader(&s).get(&ids).await.unwrap();
-    assert!(fetched.missing.is_empty(), "missing: {:?}", &fetched.missing[..5.min(fetched.missing.len())]);
+    assert!(
+        fetched.missing.is_empty(),
+        "missing: {:?}",
+        &fetched.missing[..5.min(fetched.missing.len())]
+    );
     assert_eq!(fetched.found.len(), 10_000);
     for (got, want) in fetched.found.iter().zip(&written) {
         assert_same(got, want);
     }
 
-    let mut scanned: Vec<VectorRecord> = reader(&s)
-        .scan(4)
-        .map(|r| r.unwrap())
-        .collect()
-        .await;
+    let mut scanned: Vec<VectorRecord> = reader(&s).scan(4).map(|r| r.unwrap()).collect().await;
     scanned.sort_by(|a, b| a.image_id.cmp(&b.image_id));
-    assert_eq!(scanned.len(), 10_000, "each item exactly once across segments");
+    assert_eq!(
+        scanned.len(),
+        10_000,
+        "each item exactly once across segments"
+    );
     for (got, want) in scanned.iter().zip(&written) {
         assert_same(got, want);
     }
@@ -164,11 +168,17 @@ async fn corrupt_stored_items_are_typed_errors_in_get_and_scan() {
             .send()
     };
     put("short", vec![0; 2047], "512", "float32").await.unwrap();
-    put("float16", vec![0; 1024], "512", "float16").await.unwrap();
+    put("float16", vec![0; 1024], "512", "float16")
+        .await
+        .unwrap();
 
     let r = reader(&s);
     match r.get(&["ok/00001.jpg", "short"]).await {
-        Err(ReadError::Item(ItemError::LengthMismatch { image_id, bytes: 2047, dimension: 512 })) => {
+        Err(ReadError::Item(ItemError::LengthMismatch {
+            image_id,
+            bytes: 2047,
+            dimension: 512,
+        })) => {
             assert_eq!(image_id, "short")
         }
         other => panic!("expected a length mismatch for \"short\", got {other:?}"),
@@ -187,7 +197,10 @@ async fn corrupt_stored_items_are_typed_errors_in_get_and_scan() {
         .collect();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("\"short\"")), "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("\"float16\"")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("\"float16\"")),
+        "{errors:?}"
+    );
 }
 
 #[tokio::test]
@@ -198,9 +211,21 @@ async fn a_missing_table_is_a_permanent_error_naming_every_item() {
     assert_eq!(e.unwritten.len(), 30);
     assert!(!e.transient);
     assert!(matches!(e.cause, WriteFailure::Rejected { .. }), "{e}");
-    assert!(e.to_string().contains("no-such-table") && e.to_string().contains("lost/00000.jpg"), "{e}");
+    assert!(
+        e.to_string().contains("no-such-table") && e.to_string().contains("lost/00000.jpg"),
+        "{e}"
+    );
 
     let r = TableReader::with_config(s.direct.clone(), "no-such-table", ReaderConfig::default());
     let e = r.get(&["x"]).await.unwrap_err();
-    assert!(matches!(e, ReadError::Request { transient: false, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ReadError::Request {
+                transient: false,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }

@@ -99,8 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Export { out, segments } => {
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let done = export(&reader, segments, &out).await?;
             eprintln!(
                 "exported {} vectors of dimension {} from {table} to {} and {}",
@@ -116,7 +115,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `id  dimension  source  [first values ...]`
 fn summary(record: &VectorRecord) -> String {
-    let head: Vec<String> = record.vector.iter().take(4).map(|v| format!("{v:.6}")).collect();
+    let head: Vec<String> = record
+        .vector
+        .iter()
+        .take(4)
+        .map(|v| format!("{v:.6}"))
+        .collect();
     let more = if record.vector.len() > 4 { ", ..." } else { "" };
     format!(
         "{}\t{}\t{}\t[{}{more}]",

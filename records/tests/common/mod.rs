@@ -112,7 +112,12 @@ pub fn bits(v: &[f32]) -> Vec<u32> {
 /// Bit-exact comparison of whole records (PartialEq on f32 would fail on NaN).
 pub fn assert_same(got: &VectorRecord, want: &VectorRecord) {
     assert_eq!(got.image_id, want.image_id);
-    assert_eq!(bits(&got.vector), bits(&want.vector), "vector of {}", want.image_id);
+    assert_eq!(
+        bits(&got.vector),
+        bits(&want.vector),
+        "vector of {}",
+        want.image_id
+    );
     assert_eq!(got.meta, want.meta, "metadata of {}", want.image_id);
 }
 

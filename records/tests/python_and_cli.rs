@@ -1,0 +1,240 @@
+//! What users outside Rust see: the original sample's Python reading code against items our
+//! writer stored, and the `embatch-vectors` CLI (`get --json`, `export` loaded by numpy).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::*;
+use embatch_records::vector::{encode_f32_le, VectorRecord};
+use embatch_records::writer::{TableWriter, WriterConfig};
+use serde_json::Value;
+
+fn python() -> Command {
+    Command::new(embatch_localaws::python::interpreter().expect("scripts/setup made .venv"))
+}
+
+fn cli(s: &Setup) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_embatch-vectors"));
+    command
+        .envs(s.emulator.env())
+        .env_remove("EMBATCH_TABLE")
+        .args(["--table", &s.table]);
+    command
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let out = command.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The sample's reader, verbatim in its essentials, via the boto3 resource API (whose
+/// TypeDeserializer makes `Vector` a `boto3.dynamodb.types.Binary`) and via the low-level
+/// client plus an explicit TypeDeserializer. Prints `{ImageId: hex of the vector's bytes}`.
+const SAMPLE_READER: &str = r#"
+import json, sys
+import boto3
+import numpy as np
+from boto3.dynamodb.types import TypeDeserializer
+
+table_name = sys.argv[1]
+table = boto3.resource("dynamodb").Table(table_name)
+items, kwargs = [], {}
+while True:
+    page = table.scan(**kwargs)
+    items += page["Items"]
+    if "LastEvaluatedKey" not in page:
+        break
+    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+out = {}
+for item in items:
+    vector = np.frombuffer(item['Vector'].value, dtype=item['DataType'])
+    assert len(vector) == item['Dimension']
+    out[item["ImageId"]] = vector.tobytes().hex()
+
+client, deserialize = boto3.client("dynamodb"), TypeDeserializer().deserialize
+for image_id in out:
+    raw = client.get_item(TableName=table_name, Key={"ImageId": {"S": image_id}})["Item"]
+    item = {k: deserialize(v) for k, v in raw.items()}
+    vector = np.frombuffer(item['Vector'].value, dtype=item['DataType'])
+    assert len(vector) == item['Dimension']
+    assert vector.tobytes().hex() == out[image_id], image_id
+
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn the_original_samples_python_reader_gets_bit_identical_vectors() {
+    let s = setup().await;
+    let mut written = records(40, 512, "py");
+    written.extend(records(10, 1280, "py-large"));
+    TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
+        .write(written.clone())
+        .await
+        .unwrap();
+
+    let stdout = run_ok(
+        python()
+            .args(["-c", SAMPLE_READER, &s.table])
+            .envs(s.emulator.env()),
+    );
+    let read: HashMap<String, String> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(read.len(), written.len());
+    for record in &written {
+        assert_eq!(
+            read[&record.image_id],
+            hex(&encode_f32_le(&record.vector)),
+            "{}",
+            record.image_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn export_writes_a_matrix_numpy_loads_and_ids_in_row_order() {
+    let s = setup().await;
+    let mut written = records(300, 512, "export");
+    written.push(record("odd\nname \u{1F600}.jpg", 512, 999));
+    TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
+        .write(written.clone())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    let stderr = cli(&s)
+        .args(["export", "--out", out.to_str().unwrap(), "--segments", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stderr.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&stderr.stderr).contains("exported 301 vectors of dimension 512")
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "only the two outputs remain: {leftovers:?}"
+    );
+
+    let script = r#"
+import json, sys
+import numpy as np
+vectors = np.load(sys.argv[1] + "/vectors.npy")
+ids = [json.loads(line) for line in open(sys.argv[1] + "/ids.jsonl", encoding="utf-8")]
+print(json.dumps({"shape": list(vectors.shape), "dtype": str(vectors.dtype),
+                  "c_order": bool(vectors.flags["C_CONTIGUOUS"]),
+                  "rows": {i: vectors[n].tobytes().hex() for n, i in enumerate(ids)}}))
+"#;
+    let loaded: Value = serde_json::from_str(&run_ok(python().args([
+        "-c",
+        script,
+        out.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(loaded["shape"], serde_json::json!([301, 512]));
+    assert_eq!(loaded["dtype"], "float32");
+    assert_eq!(loaded["c_order"], true);
+    let rows = loaded["rows"].as_object().unwrap();
+    assert_eq!(rows.len(), 301, "every id once, the odd one intact");
+    for record in &written {
+        assert_eq!(
+            rows[&record.image_id],
+            hex(&encode_f32_le(&record.vector)),
+            "{:?}",
+            record.image_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_table_exports_an_empty_matrix() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(cli(&s).args(["export", "--out", dir.path().to_str().unwrap()]));
+    let shape = run_ok(python().args([
+        "-c",
+        "import sys, numpy as np; print(np.load(sys.argv[1] + '/vectors.npy').shape)",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert_eq!(shape.trim(), "(0, 0)");
+    assert_eq!(std::fs::read(dir.path().join("ids.jsonl")).unwrap(), b"");
+}
+
+#[tokio::test]
+async fn get_prints_json_lines_and_fails_for_missing_ids() {
+    let s = setup().await;
+    let written: Vec<VectorRecord> = records(3, 512, "cli");
+    TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
+        .write(written.clone())
+        .await
+        .unwrap();
+
+    let out = cli(&s)
+        .args([
+            "get",
+            "cli/00002.jpg",
+            "nope.jpg",
+            "cli/00000.jpg",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a missing id is exit status 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"nope.jpg\""));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, want) in lines.iter().zip([&written[2], &written[0]]) {
+        assert_eq!(line["ImageId"], want.image_id.as_str());
+        assert_eq!(line["Dimension"], 512);
+        assert_eq!(
+            line["SourceEtag"],
+            want.meta.source_etag.as_deref().unwrap()
+        );
+        let values = line["Vector"].as_array().unwrap();
+        assert_eq!(values.len(), 512);
+        for (got, want) in values.iter().zip(&want.vector) {
+            match got.as_f64() {
+                Some(v) => assert_eq!((v as f32).to_bits(), want.to_bits()),
+                None => assert!(got.is_null() && !want.is_finite()),
+            }
+        }
+    }
+
+    let summary = run_ok(cli(&s).args(["get", "cli/00001.jpg"]));
+    assert!(
+        summary.starts_with("cli/00001.jpg\t512\ts3://images/cli/00001.jpg\t["),
+        "{summary}"
+    );
+
+    let no_table = Command::new(env!("CARGO_BIN_EXE_embatch-vectors"))
+        .envs(s.emulator.env())
+        .env_remove("EMBATCH_TABLE")
+        .args(["get", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(no_table.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_table.stderr).contains("--table"));
+}
