@@ -400,7 +400,7 @@ fn print_report(r: &Report) {
 }
 
 /// Cosine nearest neighbours: a few images in full, and for all images how often the
-/// nearest neighbour comes from the same folder (for the sample set: the same family).
+/// nearest neighbour has the same label, the name of its folder (sample set: the family).
 fn print_neighbours(records: &[VectorRecord], show: usize) {
     if records.len() < 2 {
         return;
@@ -408,10 +408,10 @@ fn print_neighbours(records: &[VectorRecord], show: usize) {
     let mut sorted: Vec<&VectorRecord> = records.iter().collect();
     sorted.sort_by(|a, b| a.image_id.cmp(&b.image_id));
     let unit: Vec<Vec<f32>> = sorted.iter().map(|r| normalised(&r.vector)).collect();
+    // The label of an image is the name of the folder it is in (`train/ants/1.jpg` → `ants`).
     let folder = |id: &str| {
-        id.rsplit_once('/')
-            .map(|(d, _)| d.to_string())
-            .unwrap_or_default()
+        let dir = id.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
+        dir.rsplit('/').next().unwrap_or_default().to_string()
     };
     let neighbours = |i: usize| -> Vec<(usize, f32)> {
         let mut sims: Vec<(usize, f32)> = (0..unit.len())
@@ -441,7 +441,7 @@ fn print_neighbours(records: &[VectorRecord], show: usize) {
     }
     let (hits, total) = same.values().fold((0, 0), |(h, t), (a, b)| (h + a, t + b));
     println!(
-        "\nnearest neighbour from the same folder: {hits}/{total} ({:.1}%)",
+        "\nnearest neighbour with the same label (folder name): {hits}/{total} ({:.1}%)",
         100.0 * hits as f64 / total as f64
     );
     for (f, (h, t)) in &same {

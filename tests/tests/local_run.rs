@@ -66,9 +66,18 @@ async fn local_run_on_the_sample_set_prints_what_the_table_holds() {
         assert!(uri.ends_with(&r.image_id), "{uri} vs {}", r.image_id);
         assert!(sample::family_of(&r.image_id).is_some(), "{}", r.image_id);
     }
-    // The sample's families are visually distinct; even random weights keep them apart.
+    // The sample's families are visually distinct; even the random-weight test model keeps
+    // them apart (deterministic: fixed sample seed, fixed model weights).
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("nearest neighbour with the same label"))
+        .unwrap_or_else(|| panic!("no neighbour summary in:\n{stdout}"));
+    let ratio = line.split(": ").nth(1).unwrap().split(' ').next().unwrap();
+    let (hits, total) = ratio.split_once('/').unwrap();
+    let (hits, total): (usize, usize) = (hits.parse().unwrap(), total.parse().unwrap());
+    assert_eq!(total, expected);
     assert!(
-        stdout.contains("nearest neighbour from the same folder"),
-        "{stdout}"
+        hits * 4 >= total * 3,
+        "only {hits}/{total} same-family neighbours"
     );
 }
