@@ -31,8 +31,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 
@@ -152,7 +153,9 @@ impl TableWriter {
     /// and throttled items retried. If one `ImageId` appears more than once, the last record
     /// wins (as if each had been put in turn; DynamoDB rejects duplicate keys in a batch).
     ///
-    /// On error, every record not named in [`WriteError::unwritten`] is stored.
+    /// On error, every record not named in [`WriteError::unwritten`] is stored. A batch that
+    /// DynamoDB rejects as invalid (e.g. an item over 400 KB) is split until the invalid
+    /// items stand alone, so one bad record does not cost its 24 neighbours.
     pub async fn write(&self, records: Vec<VectorRecord>) -> Result<(), WriteError> {
         let requests = last_per_id(records)
             .into_iter()
@@ -180,8 +183,7 @@ impl TableWriter {
             .map(|batch| self.write_batch(batch))
             // The semaphore bounds requests on the wire; this only bounds tasks waiting on it.
             .buffer_unordered(concurrency)
-            .filter_map(|r| async move { r.err() })
-            .collect()
+            .concat()
             .await;
         if failures.is_empty() {
             Ok(())
@@ -190,7 +192,12 @@ impl TableWriter {
         }
     }
 
-    async fn write_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), BatchError> {
+    /// Writes one batch of ≤ 25; returns what failed (nothing on success).
+    fn write_batch(&self, pending: Vec<WriteRequest>) -> BoxFuture<'_, Vec<BatchError>> {
+        Box::pin(self.write_batch_inner(pending))
+    }
+
+    async fn write_batch_inner(&self, mut pending: Vec<WriteRequest>) -> Vec<BatchError> {
         debug_assert!(pending.len() <= MAX_BATCH_WRITE_ITEMS);
         let mut backoff = self.retry.backoff();
         loop {
@@ -209,7 +216,7 @@ impl TableWriter {
                         .and_then(|mut tables| tables.remove(&*self.table))
                         .unwrap_or_default();
                     if unprocessed.is_empty() {
-                        return Ok(());
+                        return Vec::new();
                     }
                     tracing::debug!(
                         table = &*self.table,
@@ -228,23 +235,33 @@ impl TableWriter {
                     tracing::debug!(table = &*self.table, error = %DisplayErrorContext(&e), "BatchWriteItem failed transiently");
                     DisplayErrorContext(&e).to_string()
                 }
+                Err(e) if e.code() == Some("ValidationException") && pending.len() > 1 => {
+                    // One bad item (e.g. over DynamoDB's 400 KB) fails its whole batch: split
+                    // the batch until the bad items stand alone, so the good ones are stored.
+                    tracing::debug!(table = &*self.table, error = %DisplayErrorContext(&e), "BatchWriteItem rejected; splitting the batch");
+                    let right = pending.split_off(pending.len() / 2);
+                    let (mut left, right) =
+                        futures::join!(self.write_batch(pending), self.write_batch(right));
+                    left.extend(right);
+                    return left;
+                }
                 Err(e) => {
-                    return Err(BatchError {
+                    return vec![BatchError {
                         ids: ids_of(&pending),
                         failure: WriteFailure::Rejected {
                             message: DisplayErrorContext(&e).to_string(),
                         },
-                    })
+                    }]
                 }
             };
             if !backoff.wait().await {
-                return Err(BatchError {
+                return vec![BatchError {
                     ids: ids_of(&pending),
                     failure: WriteFailure::RetriesExhausted {
                         attempts: backoff.attempts(),
                         last,
                     },
-                });
+                }];
             }
         }
     }

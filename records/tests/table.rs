@@ -229,3 +229,24 @@ async fn a_missing_table_is_a_permanent_error_naming_every_item() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_item_is_rejected_alone_and_its_batch_neighbours_are_stored() {
+    let s = setup().await;
+    let mut batch = records(40, 512, "fine");
+    // 110,000 floats = 440 KB: over DynamoDB's 400 KB item limit, so its batch is rejected.
+    batch.insert(5, record("too-big.jpg", 110_000, 1));
+    let e = writer(&s).write(batch).await.unwrap_err();
+    assert_eq!(e.unwritten, vec!["too-big.jpg"]);
+    assert!(!e.transient);
+    assert!(
+        matches!(&e.cause, WriteFailure::Rejected { message } if message.contains("size")),
+        "{e}"
+    );
+    let stored = raw_items(&s.direct, &s.table).await;
+    assert_eq!(
+        stored.len(),
+        40,
+        "all 24 neighbours in its batch and the other 16 are stored"
+    );
+}
