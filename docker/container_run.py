@@ -11,7 +11,7 @@ whose sha256 does not match its spec (exit 2, the "do not retry" code).
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import shutil
 import subprocess
 import sys
@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy"))
 
 from emulated_stack import (CREDENTIALS, ROOT, Child, Failed, check, clients,  # noqa: E402
-                            create_network, create_stack, end_to_end, moto_server, test_model_spec)
+                            create_network, create_stack, end_to_end, make_images, moto_server,
+                            test_model_spec)
 
 MODEL_MOUNT = "/models"
 
@@ -74,10 +75,21 @@ def main() -> int:
         data = bytearray(onnx.read_bytes())
         data[-1] ^= 0xFF
         onnx.write_bytes(bytes(data))
+        # A valid one-image manifest, so that the model is the only thing wrong.
+        run_id = "20260101T000000Z-000000"
+        bucket = out["BucketName"]
+        key = "images/tamper-check.jpg"
+        c["s3"].put_object(Bucket=bucket, Key=key, Body=make_images(1)["img-000.png"])
+        head = c["s3"].head_object(Bucket=bucket, Key=key)
+        line = {"bucket": bucket, "key": key, "size": head["ContentLength"],
+                "etag": head["ETag"].strip('"'), "image_id": key}
+        run_key = out["RunRoot"].split("/", 3)[3] + run_id + "/"
+        c["s3"].put_object(Bucket=bucket, Key=run_key + "manifests/0.jsonl",
+                           Body=(json.dumps(line) + "\n").encode())
         kid = Child("tampered-model-check", None, {
             "AWS_REGION": out["Region"], "EMBATCH_TABLE": out["TableName"],
-            "EMBATCH_RUN_ID": "20260101T000000Z-000000",
-            "EMBATCH_RUN_URI": f"{out['RunRoot']}20260101T000000Z-000000/",
+            "EMBATCH_RUN_ID": run_id,
+            "EMBATCH_RUN_URI": f"{out['RunRoot']}{run_id}/",
             "EMBATCH_MANIFEST_OFFSET": "0", "EMBATCH_MODEL_SPEC": f"{MODEL_MOUNT}/{spec.name}",
             "AWS_BATCH_JOB_ID": "tampered-model-check"})
         done = container_worker(args.image, url, tampered)(kid)
