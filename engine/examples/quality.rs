@@ -176,6 +176,11 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         let min = cos.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mut worst: Vec<(f64, &PathBuf)> = cos.iter().cloned().zip(&paths).collect();
+        worst.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (c, p) in worst.iter().take(5) {
+            println!("  lowest cosine vs reference: {c:.6} {}", p.display());
+        }
         let mean = cos.iter().sum::<f64>() / cos.len() as f64;
         println!(
             "Python reference (PIL + numpy + onnxruntime): accuracy {:.3}; cosine ours vs reference: mean {mean:.6}, min {min:.6}",

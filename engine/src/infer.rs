@@ -261,7 +261,8 @@ impl Engine {
     /// Decodes and preprocesses one encoded image for this model. Pure CPU work on the
     /// calling thread; call it from many (rayon) threads at once.
     pub fn prepare(&self, bytes: &[u8], limits: &Limits) -> Result<Prepared, ImageError> {
-        let decoded = decode::decode(bytes, limits, self.spec.preprocess.resize_shorter_to)?;
+        let min_side = self.spec.preprocess.resize_shorter_to * decode::DCT_SCALE_MARGIN;
+        let decoded = decode::decode(bytes, limits, min_side)?;
         preprocess::preprocess(
             &decoded.rgb,
             &self.spec,

@@ -46,6 +46,19 @@ def picture(w, h, seed):
     return Image.fromarray((np.asarray(im, np.float32) + noise).clip(0, 255).astype(np.uint8), "RGB")
 
 
+def detailed(w, h, seed):
+    """Sharp, high-frequency content: where reduced-scale JPEG decoding would show."""
+    rng = np.random.default_rng(seed)
+    im = picture(w, h, seed)
+    d = ImageDraw.Draw(im)
+    for _ in range(300):
+        x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+        x1, y1 = x0 + rng.normal(0, 60), y0 + rng.normal(0, 60)
+        d.line([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 256, 3)), width=1)
+    noise = rng.normal(0, 20, (h, w, 3))
+    return Image.fromarray((np.asarray(im, np.float32) + noise).clip(0, 255).astype(np.uint8), "RGB")
+
+
 def exif_bytes(orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -112,13 +125,15 @@ def write_all(out):
     small = picture(500, 375, 1)
     save("jpeg_rgb_small.jpg", small, "JPEG RGB 500x375", quality=90)
     save("jpeg_rgb_portrait.jpg", picture(375, 500, 2), "JPEG RGB 375x500", quality=90)
-    save("jpeg_large_half.jpg", picture(1200, 900, 3), "JPEG 1200x900 (1/2-scale decode)", quality=92)
-    save("jpeg_large_quarter.jpg", picture(2400, 1800, 4), "JPEG 2400x1800 (1/4-scale decode)", quality=92)
-    save("jpeg_large_eighth.jpg", picture(4000, 3000, 5), "JPEG 4000x3000 (1/8-scale decode)", quality=92)
-    save("jpeg_progressive.jpg", picture(1600, 1200, 6), "progressive JPEG 1600x1200", quality=90,
+    # Decoded at 1/2, 1/4 and 1/8 DCT scale (shorter side kept >= 2 x 256).
+    save("jpeg_large_half.jpg", picture(1600, 1200, 3), "JPEG 1600x1200 (1/2-scale decode)", quality=92)
+    save("jpeg_large_quarter.jpg", picture(4000, 3000, 4), "JPEG 4000x3000 (1/4-scale decode)", quality=92)
+    save("jpeg_large_eighth.jpg", picture(5000, 4200, 5), "JPEG 5000x4200 (1/8-scale decode)", quality=92)
+    save("jpeg_progressive.jpg", picture(1200, 900, 6), "progressive JPEG 1200x900", quality=90,
          progressive=True)
     save("jpeg_gray.jpg", picture(480, 360, 7).convert("L"), "grayscale JPEG", quality=90)
     save("jpeg_cmyk.jpg", picture(480, 360, 8).convert("CMYK"), "CMYK JPEG (Adobe)", quality=92)
+    save("jpeg_detail_800.jpg", detailed(800, 533, 27), "JPEG 800x533 with fine detail", quality=90)
     save("jpeg_tiny.jpg", picture(40, 30, 9), "JPEG 40x30 (upscaled)", quality=95)
 
     upright = picture(400, 300, 10)
