@@ -414,7 +414,9 @@ async fn malformed_input_is_refused_before_anything_is_written() {
         ]));
         a
     };
-    let cases: Vec<(&str, Vec<String>, Option<&[u8]>, String)> = vec![
+    // (case, arguments, stdin, expected message)
+    type Case<'a> = (&'a str, Vec<String>, Option<&'a [u8]>, String);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON file",
             with(&[], &["--event", &bad_json]),
