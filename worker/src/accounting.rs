@@ -97,7 +97,8 @@ impl Counts {
 impl Tally {
     /// A tally for a manifest of `images` lines; `progress` advances with each outcome.
     pub fn new(images: u64, progress: ProgressBar) -> anyhow::Result<Tally> {
-        let spool = tempfile::tempfile().context("creating a temporary file for the failure report")?;
+        let spool =
+            tempfile::tempfile().context("creating a temporary file for the failure report")?;
         progress.set_length(images);
         Ok(Tally {
             images,
@@ -173,7 +174,10 @@ impl Tally {
         let file = {
             let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
             report.flush().context("flushing the failure report")?;
-            let mut file = report.get_ref().try_clone().context("reopening the failure report")?;
+            let mut file = report
+                .get_ref()
+                .try_clone()
+                .context("reopening the failure report")?;
             file.rewind().context("rewinding the failure report")?;
             file
         };
@@ -256,7 +260,10 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!((lines[0].key.as_str(), lines[0].kind.as_str()), ("k3.jpg", "not_found"));
+        assert_eq!(
+            (lines[0].key.as_str(), lines[0].kind.as_str()),
+            ("k3.jpg", "not_found")
+        );
         assert_eq!(lines[1].message, "bad \"data\"\nhere");
     }
 }

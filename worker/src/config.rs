@@ -68,7 +68,7 @@ pub struct Config {
 
     /// Attempts per image when S3 fails transiently (5xx, SlowDown, timeouts, resets), each
     /// on top of the SDK's own retries; then the child exits 75.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub fetch_attempts: u32,
 
     /// MiB of encoded image bytes held at once (downloading or waiting to be decoded).
@@ -164,9 +164,17 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         Config::try_parse_from(
-            ["embatch-worker", "--run-uri", "s3://b/runs/r1/", "--run-id", "r1", "--table", "t"]
-                .iter()
-                .chain(args),
+            [
+                "embatch-worker",
+                "--run-uri",
+                "s3://b/runs/r1/",
+                "--run-id",
+                "r1",
+                "--table",
+                "t",
+            ]
+            .iter()
+            .chain(args),
         )
     }
 
@@ -192,7 +200,9 @@ mod tests {
     fn bad_values_are_rejected_naming_the_flag() {
         let err = parse(&["--run-uri", "http://x"]).unwrap_err().to_string();
         assert!(err.contains("--run-uri"), "{err}");
-        let err = parse(&["--fetch-concurrency", "0"]).unwrap_err().to_string();
+        let err = parse(&["--fetch-concurrency", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--fetch-concurrency"), "{err}");
     }
 

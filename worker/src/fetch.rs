@@ -163,7 +163,9 @@ impl Fetcher {
             .send()
             .await
             .map_err(|e| classify(item, e))?;
-        let length = response.content_length().and_then(|n| u64::try_from(n).ok());
+        let length = response
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok());
         if let Some(length) = length {
             if length > self.max_bytes {
                 return Err(Attempt::Permanent(too_large(item, length, self.max_bytes)));

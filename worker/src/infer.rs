@@ -60,47 +60,52 @@ impl Provenance {
     }
 }
 
+/// The engine and what its vectors record about their origin.
+#[derive(Debug)]
+pub struct Embedder {
+    /// The loaded model.
+    pub engine: Arc<Engine>,
+    /// Stored with every vector.
+    pub provenance: Provenance,
+}
+
 /// Starts `threads` inference threads reading `input` in batches of up to `batch` and writing
 /// records to `output`. They end when the input is exhausted, the output is closed, or on
 /// stop (finishing the batch in hand). An engine error stops the pipeline.
 pub fn spawn(
-    engine: Arc<Engine>,
+    embedder: Arc<Embedder>,
     threads: usize,
     batch: usize,
     input: crossbeam_channel::Receiver<PreparedImage>,
     output: mpsc::Sender<VectorRecord>,
-    provenance: Arc<Provenance>,
     tally: Arc<Tally>,
     stop: Stop,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..threads.max(1))
         .map(|i| {
-            let (engine, input, output, provenance, tally, stop) = (
-                engine.clone(),
+            let (embedder, input, output, tally, stop) = (
+                embedder.clone(),
                 input.clone(),
                 output.clone(),
-                provenance.clone(),
                 tally.clone(),
                 stop.clone(),
             );
             std::thread::Builder::new()
                 .name(format!("infer-{i}"))
-                .spawn(move || {
-                    infer_loop(&engine, batch.max(1), &input, &output, &provenance, &tally, &stop)
-                })
+                .spawn(move || infer_loop(&embedder, batch.max(1), &input, &output, &tally, &stop))
         })
         .collect()
 }
 
 fn infer_loop(
-    engine: &Engine,
+    embedder: &Embedder,
     batch: usize,
     input: &crossbeam_channel::Receiver<PreparedImage>,
     output: &mpsc::Sender<VectorRecord>,
-    provenance: &Provenance,
     tally: &Tally,
     stop: &Stop,
 ) {
+    let Embedder { engine, provenance } = embedder;
     let mut sources: Vec<Source> = Vec::with_capacity(batch);
     let mut tensors: Vec<Prepared> = Vec::with_capacity(batch);
     while !stop.is_stopped() {

@@ -15,7 +15,8 @@ const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_s
 /// Installs the global subscriber and returns the progress bar (hidden unless text on a
 /// terminal).
 pub fn init(format: LogFormat) -> ProgressBar {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let terminal = std::io::stderr().is_terminal();
     let json = match format {
         LogFormat::Json => true,

@@ -9,7 +9,10 @@ fn main() {
     // Bad flags exit 2 (clap's code, which is also `exit::PERMANENT`).
     let config = Config::parse();
     let progress = logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -57,10 +57,9 @@ impl Manifest {
                 .await
                 .map_err(|e| {
                     let transient = is_transient_sdk_error(&e);
-                    let missing = matches!(
-                        e.as_service_error(),
-                        Some(GetObjectError::NoSuchKey(_))
-                    ) || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                    let missing =
+                        matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
+                            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
                     Attempt::Failed {
                         transient,
                         missing,
@@ -196,7 +195,13 @@ enum Attempt {
 
 impl Attempt {
     fn is_transient(&self) -> bool {
-        matches!(self, Attempt::Failed { transient: true, .. })
+        matches!(
+            self,
+            Attempt::Failed {
+                transient: true,
+                ..
+            }
+        )
     }
 }
 
@@ -222,13 +227,23 @@ mod tests {
         bytes.extend_from_slice(&to_jsonl(&[line("b.jpg", "b")]));
         let m = Manifest::parse(bytes.into(), "m").unwrap();
         assert_eq!(m.images(), 2);
-        let items: Vec<_> = m.lines().map(|w| w.map(|w| (w.line_no, w.line.key)).unwrap()).collect();
-        assert_eq!(items, vec![(1, "a\nnewline.jpg".into()), (4, "b.jpg".into())]);
+        let items: Vec<_> = m
+            .lines()
+            .map(|w| w.map(|w| (w.line_no, w.line.key)).unwrap())
+            .collect();
+        assert_eq!(
+            items,
+            vec![(1, "a\nnewline.jpg".into()), (4, "b.jpg".into())]
+        );
     }
 
     #[test]
     fn duplicate_ids_point_at_their_first_line() {
-        let bytes = to_jsonl(&[line("x/1.jpg", "1"), line("y.jpg", "y"), line("z/1.jpg", "1")]);
+        let bytes = to_jsonl(&[
+            line("x/1.jpg", "1"),
+            line("y.jpg", "y"),
+            line("z/1.jpg", "1"),
+        ]);
         let m = Manifest::parse(bytes.into(), "m").unwrap();
         assert_eq!(m.duplicate_of(3), Some(&Duplicate { first_line: 1 }));
         assert_eq!(m.duplicate_of(1), None);
@@ -241,7 +256,8 @@ mod tests {
         bytes.extend_from_slice(b"{\"bucket\": \"b\"}\n");
         let err = Manifest::parse(bytes.into(), "s3://b/r/manifests/3.jsonl").unwrap_err();
         assert!(
-            err.to_string().contains("s3://b/r/manifests/3.jsonl line 2"),
+            err.to_string()
+                .contains("s3://b/r/manifests/3.jsonl line 2"),
             "{err}"
         );
     }

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::accounting::{self, Counts, Tally};
 use crate::config::Config;
 use crate::fetch::Fetcher;
-use crate::infer::Provenance;
+use crate::infer::{Embedder, Provenance};
 use crate::manifest::Manifest;
 use crate::resume::Current;
 use crate::shutdown::{Stop, StopReason};
@@ -71,8 +71,10 @@ async fn run_inner(
     })
     .await;
     let (s3, dynamodb) = (aws::s3(&sdk), aws::dynamodb(&sdk));
+    // Waits of up to 0.1, 0.2, 0.4, ... 5 s between attempts: rides out a SlowDown burst.
     let policy = RetryPolicy {
         max_attempts: config.fetch_attempts,
+        base: Duration::from_millis(100),
         ..RetryPolicy::default()
     };
 
@@ -112,13 +114,13 @@ async fn run_inner(
         Tally::new(manifest.images(), progress)
             .map_err(|e| Fatal::Transient(e.context("setting up the failure report")))?,
     );
-    let provenance = Arc::new(Provenance {
+    let provenance = Provenance {
         model: engine.spec().name.clone(),
         model_sha256: engine.spec().sha256.clone(),
         run_id: config.run_id.clone(),
         job_id: config.job_id.clone(),
         manifest: n as u64,
-    });
+    };
     let current = (!config.force).then(|| Current {
         reader: TableReader::new(dynamodb.clone(), config.table.clone()),
         model_sha256: provenance.model_sha256.clone(),
@@ -179,12 +181,11 @@ async fn run_inner(
         stop.clone(),
     ));
     let inference = crate::infer::spawn(
-        engine,
+        Arc::new(Embedder { engine, provenance }),
         infer_threads,
         batch,
         prepared_rx,
         vector_tx,
-        provenance,
         tally.clone(),
         stop.clone(),
     )

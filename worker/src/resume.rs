@@ -89,11 +89,8 @@ pub async fn run(
                 }
             };
             chunk.retain(|item| {
-                let keep = !is_current(
-                    item,
-                    stored.get(&item.line.image_id),
-                    &current.model_sha256,
-                );
+                let keep =
+                    !is_current(item, stored.get(&item.line.image_id), &current.model_sha256);
                 if !keep {
                     tally.add(Outcome::Skipped, 1);
                 }
@@ -132,8 +129,15 @@ mod tests {
         };
         assert!(is_current(&item, Some(&p(Some("e"), Some("m"))), "m"));
         assert!(!is_current(&item, Some(&p(Some("other"), Some("m"))), "m"));
-        assert!(!is_current(&item, Some(&p(Some("e"), Some("other-model"))), "m"));
-        assert!(!is_current(&item, Some(&p(None, None)), "m"), "an item of the original sample is recomputed");
+        assert!(!is_current(
+            &item,
+            Some(&p(Some("e"), Some("other-model"))),
+            "m"
+        ));
+        assert!(
+            !is_current(&item, Some(&p(None, None)), "m"),
+            "an item of the original sample is recomputed"
+        );
         assert!(!is_current(&item, None, "m"));
     }
 }

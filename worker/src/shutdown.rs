@@ -57,10 +57,7 @@ impl Stop {
 
     /// The reason of the first stop, if any.
     pub fn take_reason(&self) -> Option<StopReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -87,8 +84,13 @@ mod tests {
         let stop = Stop::new();
         assert!(!stop.is_stopped());
         stop.stop(StopReason::Signal("SIGTERM"));
-        stop.stop(StopReason::Failed(crate::Fatal::Transient(anyhow::anyhow!("late"))));
+        stop.stop(StopReason::Failed(crate::Fatal::Transient(
+            anyhow::anyhow!("late"),
+        )));
         assert!(stop.is_stopped());
-        assert!(matches!(stop.take_reason(), Some(StopReason::Signal("SIGTERM"))));
+        assert!(matches!(
+            stop.take_reason(),
+            Some(StopReason::Signal("SIGTERM"))
+        ));
     }
 }

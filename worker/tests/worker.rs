@@ -35,10 +35,9 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let emulator = tokio::task::spawn_blocking(Emulator::start)
-            .await
-            .unwrap()
-            .expect("the emulator starts");
+        // On this thread: the emulator dies with the thread that started it, and tokio's
+        // blocking threads come and go.
+        let emulator = Emulator::start().expect("the emulator starts");
         let config = emulator.sdk_config().await;
         let s3 = embatch_records::aws::s3(&config);
         let dynamodb = embatch_records::aws::dynamodb(&config);
@@ -176,7 +175,10 @@ impl Fixture {
                 worker.try_wait().unwrap().is_none(),
                 "the worker ended before storing {n} vectors"
             );
-            assert!(Instant::now() < deadline, "{n} vectors not stored within 5 minutes");
+            assert!(
+                Instant::now() < deadline,
+                "{n} vectors not stored within 5 minutes"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -198,7 +200,11 @@ fn picture(width: u32, height: u32, seed: u32) -> RgbImage {
         if inside {
             Rgb([(seed * 71 % 256) as u8, 30, 200])
         } else {
-            Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, (seed * 13 % 256) as u8])
+            Rgb([
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                (seed * 13 % 256) as u8,
+            ])
         }
     })
 }
@@ -212,14 +218,21 @@ fn encode(image: RgbImage, format: ImageFormat) -> Vec<u8> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (norm(a) * norm(b))
 }
 
 fn run(mut command: Command) -> (ExitStatus, String) {
     let out = command.output().expect("the worker starts");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The JSON log events of a worker's stderr with the given message.
@@ -272,7 +285,10 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
         ("bad/empty.png", Vec::new()),
         ("bad/truncated.jpg", jpeg[..jpeg.len() / 2].to_vec()),
         ("bad/notes.jpg", b"<html>not an image</html>".to_vec()),
-        ("bad/huge.png", encode(picture(1100, 1000, 5), ImageFormat::Png)),
+        (
+            "bad/huge.png",
+            encode(picture(1100, 1000, 5), ImageFormat::Png),
+        ),
     ];
     let limits = Limits {
         max_pixels,
@@ -288,7 +304,9 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
     assert_eq!(expected_failures["bad/huge.png"], "too_many_pixels");
 
     // A second line claiming the ImageId of the first valid image.
-    let mut duplicate = fx.put("photos/dup.png", &valid.values().next().unwrap().0).await;
+    let mut duplicate = fx
+        .put("photos/dup.png", &valid.values().next().unwrap().0)
+        .await;
     duplicate.image_id = lines[0].image_id.clone();
     lines.push(duplicate);
     expected_failures.insert("photos/dup.png".into(), "duplicate_image_id".into());
@@ -316,7 +334,10 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
         .await
         .into_iter()
         .map(|f| {
-            assert!(f.message.contains(&f.key) || f.kind == "duplicate_image_id", "{f:?}");
+            assert!(
+                f.message.contains(&f.key) || f.kind == "duplicate_image_id",
+                "{f:?}"
+            );
             (f.key, f.kind)
         })
         .collect();
@@ -334,7 +355,9 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
         .collect();
     for (key, (bytes, (w, h))) in &valid {
         let record = fetched.record(key).unwrap();
-        let expected = engine.embed(&[engine.prepare(bytes, &limits).unwrap()]).unwrap();
+        let expected = engine
+            .embed(&[engine.prepare(bytes, &limits).unwrap()])
+            .unwrap();
         assert_eq!(record.vector.len(), engine.dimension());
         let c = cosine(&record.vector, &expected[0]);
         assert!(c >= 0.9999, "{key}: cosine {c}");
@@ -353,10 +376,23 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
 
     // The summary log line carries counts, throughput and time per stage.
     let summary_event = &events(&stderr, "summary")[0];
-    for field in ["written", "images_per_sec", "fetch_s", "decode_s", "infer_s", "write_s"] {
-        assert!(summary_event.get(field).is_some(), "{field} missing: {summary_event}");
+    for field in [
+        "written",
+        "images_per_sec",
+        "fetch_s",
+        "decode_s",
+        "infer_s",
+        "write_s",
+    ] {
+        assert!(
+            summary_event.get(field).is_some(),
+            "{field} missing: {summary_event}"
+        );
     }
-    assert!(!stderr.contains("testing"), "the logs never show credentials");
+    assert!(
+        !stderr.contains("testing"),
+        "the logs never show credentials"
+    );
 
     // A re-run (a Batch retry) finds everything stored and recomputes nothing.
     let (status, stderr) = run(worker());
@@ -393,20 +429,35 @@ async fn sigkill_mid_run_then_a_rerun_stores_every_image_exactly_once() {
     let lines = upload_many(&fx, "many", 160).await;
     fx.put_manifest(0, &lines).await;
 
-    let mut first = fx.worker(0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = fx
+        .worker(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     fx.wait_until_stored(30, &mut first).await;
     first.kill().unwrap(); // SIGKILL: no chance to flush
     first.wait().unwrap();
     let after_kill = fx.stored().await;
-    assert!(after_kill < lines.len(), "the kill came too late to test anything");
+    assert!(
+        after_kill < lines.len(),
+        "the kill came too late to test anything"
+    );
 
     let (status, stderr) = run(fx.worker(0));
     assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
     let summary = fx.summary(0).await;
     assert_eq!(summary.failed, 0);
     assert_eq!(summary.written + summary.skipped, lines.len() as u64);
-    assert!(summary.skipped >= after_kill as u64, "{summary:?} after {after_kill} stored");
-    assert_eq!(fx.stored().await, lines.len(), "one item per image, no more");
+    assert!(
+        summary.skipped >= after_kill as u64,
+        "{summary:?} after {after_kill} stored"
+    );
+    assert_eq!(
+        fx.stored().await,
+        lines.len(),
+        "one item per image, no more"
+    );
     let reader = TableReader::new(fx.dynamodb.clone(), fx.table.clone());
     let ids: Vec<&str> = lines.iter().map(|l| l.image_id.as_str()).collect();
     assert!(reader.get(&ids).await.unwrap().missing.is_empty());
@@ -443,6 +494,7 @@ async fn sigterm_exits_143_promptly_with_every_computed_vector_flushed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = signalled.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
     let stderr = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(status.code(), Some(exit::INTERRUPTED), "{stderr}");
     assert!(took < Duration::from_secs(15), "took {took:?} to stop");
@@ -450,7 +502,11 @@ async fn sigterm_exits_143_promptly_with_every_computed_vector_flushed() {
     let summary = &events(&stderr, "summary")[0];
     assert_eq!(summary["outcome"], "interrupted");
     let written = summary["written"].as_u64().unwrap();
-    assert_eq!(summary["computed"].as_u64().unwrap(), written, "every computed vector was flushed");
+    assert_eq!(
+        summary["computed"].as_u64().unwrap(),
+        written,
+        "every computed vector was flushed"
+    );
     assert_eq!(fx.stored().await as u64, written);
     assert!(written < lines.len() as u64, "it stopped early");
     // No report for an unfinished child: its retry writes it.
@@ -475,14 +531,20 @@ async fn transient_s3_faults_and_mid_body_resets_are_retried_without_losing_an_i
         FaultPlan {
             seed: 11,
             rules: vec![
-                FaultRule::new(Match::s3_get_under(&fx.bucket, "flaky/"), Fault::ResetMidBody)
-                    .limit(6),
+                FaultRule::new(
+                    Match::s3_get_under(&fx.bucket, "flaky/"),
+                    Fault::ResetMidBody,
+                )
+                .limit(6),
                 FaultRule::new(Match::s3_get_under(&fx.bucket, "flaky/"), Fault::Throttle)
                     .probability(0.2)
                     .limit(6),
-                FaultRule::new(Match::s3_get_under(&fx.bucket, "flaky/"), Fault::Status(500))
-                    .probability(0.2)
-                    .limit(6),
+                FaultRule::new(
+                    Match::s3_get_under(&fx.bucket, "flaky/"),
+                    Fault::Status(500),
+                )
+                .probability(0.2)
+                .limit(6),
             ],
         },
     )
@@ -491,8 +553,20 @@ async fn transient_s3_faults_and_mid_body_resets_are_retried_without_losing_an_i
     assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
     let counts = proxy.counts();
     assert!(counts.injected() >= 6, "faults injected: {counts:?}");
+    eprintln!("{counts:?}");
+    let retried: Vec<_> = events(&stderr, "transient S3 error, retrying");
+    assert!(
+        retried
+            .iter()
+            .any(|e| e["error"].as_str().unwrap().contains("failed after")),
+        "a reset mid-body was retried by the worker: {retried:?}"
+    );
     let summary = fx.summary(0).await;
-    assert_eq!((summary.written, summary.failed), (lines.len() as u64, 0), "{stderr}");
+    assert_eq!(
+        (summary.written, summary.failed),
+        (lines.len() as u64, 0),
+        "{stderr}"
+    );
     assert_eq!(fx.stored().await, lines.len());
 }
 
@@ -502,7 +576,10 @@ async fn configuration_errors_exit_2_and_name_the_input() {
     // No manifest 5 in the run.
     let (status, stderr) = run(fx.worker(5));
     assert_eq!(status.code(), Some(exit::PERMANENT), "{stderr}");
-    assert!(stderr.contains(&fx.layout.manifest(5).to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&fx.layout.manifest(5).to_string()),
+        "{stderr}"
+    );
 
     // A malformed manifest.
     let uri = fx.layout.manifest(6);
@@ -528,7 +605,15 @@ async fn configuration_errors_exit_2_and_name_the_input() {
     // --help documents every setting with its environment variable.
     let help = Command::new(WORKER).arg("--help").output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for name in [env::RUN_URI, env::RUN_ID, env::TABLE, env::MODEL_SPEC, env::ARRAY_INDEX, env::MANIFEST_OFFSET, env::JOB_ID] {
+    for name in [
+        env::RUN_URI,
+        env::RUN_ID,
+        env::TABLE,
+        env::MODEL_SPEC,
+        env::ARRAY_INDEX,
+        env::MANIFEST_OFFSET,
+        env::JOB_ID,
+    ] {
         assert!(help.contains(name), "--help lacks {name}");
     }
 }
