@@ -1,0 +1,588 @@
+//! Reliability of the `embatch-worker` binary, measured: S3 and DynamoDB faults injected on the
+//! wire by the fault proxy (fixed seeds), and hostile input files. Each test asserts that every
+//! manifest line ends as exactly one stored vector (equal to the engine's on the same bytes) or
+//! a failure-report line with a clear kind, that the worker exits 0, and that the proxy really
+//! injected faults. The `RELIABILITY ...` lines on stderr are the numbers in RELIABILITY.md
+//! (`cargo test --release -p embatch-worker --test reliability -- --nocapture`).
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+
+use aws_sdk_dynamodb::types::Select;
+use embatch_engine::{Engine, Limits, ModelSpec};
+use embatch_localaws::emulator::unique_name;
+use embatch_localaws::faults::{Fault, FaultCounts, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::{test_model, Emulator};
+use embatch_records::manifest::{to_jsonl, ManifestLine};
+use embatch_records::reader::TableReader;
+use embatch_records::report::{ChildSummary, FailureLine};
+use embatch_records::run::{env, exit, RunLayout};
+use embatch_records::s3uri::S3Uri;
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_embatch-worker");
+
+/// One emulator with a bucket, a table and a run folder.
+struct Fixture {
+    emulator: Emulator,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    bucket: String,
+    table: String,
+    layout: RunLayout,
+    spec: PathBuf,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let emulator = Emulator::start().expect("the emulator starts");
+        let config = emulator.sdk_config().await;
+        let s3 = embatch_records::aws::s3(&config);
+        let dynamodb = embatch_records::aws::dynamodb(&config);
+        let bucket = unique_name("images");
+        let table = unique_name("vectors");
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        embatch_records::table::create_table(&dynamodb, &table)
+            .await
+            .unwrap();
+        let layout = RunLayout::new(
+            &S3Uri::new(&bucket, "embatch-runs/"),
+            "20260101T000000Z-abcdef",
+        );
+        let spec = tokio::task::spawn_blocking(test_model::resnet18_spec)
+            .await
+            .unwrap()
+            .expect("the test model is generated");
+        Fixture {
+            emulator,
+            s3,
+            dynamodb,
+            bucket,
+            table,
+            layout,
+            spec,
+        }
+    }
+
+    /// Uploads an object; returns its manifest line (ImageId = key).
+    async fn put(&self, key: &str, bytes: &[u8]) -> ManifestLine {
+        let out = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(bytes.to_vec().into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("upload of {key:?}: {e:?}"));
+        ManifestLine {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            size: bytes.len() as u64,
+            etag: out.e_tag().unwrap().trim_matches('"').to_string(),
+            image_id: key.to_string(),
+        }
+    }
+
+    async fn put_manifest(&self, n: usize, lines: &[ManifestLine]) {
+        let uri = self.layout.manifest(n);
+        self.s3
+            .put_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .body(to_jsonl(lines).into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The worker as AWS Batch starts array child `n` (offset 0), talking to `endpoint_env`.
+    fn worker_via(&self, endpoint_env: Vec<(String, String)>, n: usize) -> Command {
+        let mut command = Command::new(WORKER);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(endpoint_env)
+            .env(env::RUN_ID, "20260101T000000Z-abcdef")
+            .env(env::RUN_URI, self.layout.root.to_string())
+            .env(env::MANIFEST_OFFSET, "0")
+            .env(env::TABLE, &self.table)
+            .env(env::MODEL_SPEC, &self.spec)
+            .env(env::ARRAY_INDEX, n.to_string())
+            .env(env::JOB_ID, format!("job-rel:{n}"))
+            .stdin(Stdio::null());
+        command
+    }
+
+    async fn get_text(&self, uri: &S3Uri) -> String {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{uri} is readable: {e:?}"));
+        String::from_utf8(out.body.collect().await.unwrap().to_vec()).unwrap()
+    }
+
+    async fn summary(&self, n: usize) -> ChildSummary {
+        serde_json::from_str(&self.get_text(&self.layout.summary(n)).await).unwrap()
+    }
+
+    async fn failures(&self, n: usize) -> Vec<FailureLine> {
+        self.get_text(&self.layout.failures(n))
+            .await
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Items in the table now.
+    async fn stored(&self) -> usize {
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .scan()
+                .table_name(&self.table)
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            count += out.count() as usize;
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                return count;
+            }
+        }
+    }
+
+    fn engine(&self) -> Engine {
+        Engine::load(&ModelSpec::from_path(&self.spec).unwrap()).unwrap()
+    }
+
+    /// Asserts each `(image id, bytes)` is stored once with the engine's vector on those bytes.
+    async fn assert_vectors(&self, engine: &Engine, images: &[(String, Vec<u8>)]) {
+        let reader = TableReader::new(self.dynamodb.clone(), self.table.clone());
+        let ids: Vec<&str> = images.iter().map(|(id, _)| id.as_str()).collect();
+        let fetched = reader.get(&ids).await.unwrap();
+        assert!(fetched.missing.is_empty(), "missing: {:?}", fetched.missing);
+        for (id, bytes) in images {
+            let record = fetched.record(id).unwrap();
+            let prepared = engine.prepare(bytes, &Limits::default()).unwrap();
+            let expected = engine.embed(&[prepared]).unwrap();
+            assert_eq!(record.vector.len(), engine.dimension(), "{id:?}");
+            let c = cosine(&record.vector, &expected[0]);
+            assert!(c >= 0.9999, "{id:?}: cosine {c}");
+        }
+    }
+}
+
+/// A distinct picture per seed: a gradient with a disc.
+fn picture(width: u32, height: u32, seed: u32) -> RgbImage {
+    let (cx, cy, r) = (
+        (seed * 37 % width) as f32,
+        (seed * 53 % height) as f32,
+        (width.min(height) / 3).max(1) as f32,
+    );
+    RgbImage::from_fn(width, height, |x, y| {
+        let inside = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) < r * r;
+        if inside {
+            Rgb([(seed * 71 % 256) as u8, 30, 200])
+        } else {
+            Rgb([
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                (seed * 13 % 256) as u8,
+            ])
+        }
+    })
+}
+
+fn encode(image: RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
+    bytes
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn run(mut command: Command) -> (ExitStatus, String) {
+    let out = command.output().expect("the worker starts");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `n` distinct JPEGs and PNGs under `prefix/`: their manifest lines and bytes.
+async fn upload_many(
+    fx: &Fixture,
+    prefix: &str,
+    n: u32,
+) -> (Vec<ManifestLine>, Vec<(String, Vec<u8>)>) {
+    let mut lines = Vec::new();
+    let mut images = Vec::new();
+    for i in 0..n {
+        let (format, ext) = if i % 2 == 0 {
+            (ImageFormat::Jpeg, "jpg")
+        } else {
+            (ImageFormat::Png, "png")
+        };
+        let bytes = encode(picture(48 + i % 17, 40 + i % 11, i), format);
+        let line = fx.put(&format!("{prefix}/{i:05}.{ext}"), &bytes).await;
+        images.push((line.image_id.clone(), bytes));
+        lines.push(line);
+    }
+    (lines, images)
+}
+
+/// One line for RELIABILITY.md.
+fn report(class: &str, images: usize, counts: &FaultCounts, summary: &ChildSummary) {
+    eprintln!(
+        "RELIABILITY {class}: images={images} requests={} operations={:?} injected={} by_kind={:?} \
+         withheld={} per_rule={:?} -> written={} skipped={} failed={}",
+        counts.requests,
+        counts.operations,
+        counts.injected(),
+        counts.by_kind,
+        counts.withheld,
+        counts.per_rule,
+        summary.written,
+        summary.skipped,
+        summary.failed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_5xx_slowdown_and_mid_body_resets_on_a_third_of_gets_lose_no_image() {
+    let fx = Fixture::new().await;
+    let engine = fx.engine();
+    let (lines, images) = upload_many(&fx, "s3faults", 40).await;
+    fx.put_manifest(0, &lines).await;
+    // Three rules of ~13% each: about a third of the image GETs (retries included) fail.
+    let images_only = || Match::s3_get_under(&fx.bucket, "s3faults/");
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 2026,
+            rules: vec![
+                FaultRule::new(images_only(), Fault::Status(503)).probability(0.13),
+                FaultRule::new(images_only(), Fault::Throttle).probability(0.13),
+                FaultRule::new(images_only(), Fault::ResetMidBody).probability(0.13),
+            ],
+        },
+    )
+    .unwrap();
+
+    let (status, stderr) = run(fx.worker_via(proxy.env(), 0));
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let counts = proxy.counts();
+    let summary = fx.summary(0).await;
+    report("s3", lines.len(), &counts, &summary);
+    for kind in ["status", "throttle", "reset-mid-body"] {
+        assert!(
+            counts.by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} fault injected: {counts:?}"
+        );
+    }
+    assert!(
+        counts.operation("S3 GET") > lines.len() as u64,
+        "faulted GETs were retried: {counts:?}"
+    );
+    assert_eq!(
+        (
+            summary.images,
+            summary.written,
+            summary.skipped,
+            summary.failed
+        ),
+        (lines.len() as u64, lines.len() as u64, 0, 0),
+        "{stderr}"
+    );
+    assert_eq!(fx.stored().await, lines.len(), "one item per image");
+    fx.assert_vectors(&engine, &images).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_throttling_and_unprocessed_items_and_keys_lose_no_vector() {
+    let fx = Fixture::new().await;
+    let engine = fx.engine();
+    let (lines, images) = upload_many(&fx, "ddbfaults", 80).await;
+    fx.put_manifest(1, &lines).await;
+    let write = || Match::dynamodb("BatchWriteItem");
+    let read = || Match::dynamodb("BatchGetItem");
+    // Each kind at least once (the `limit(1)` rules fire on the first requests), then at random.
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 7,
+            rules: vec![
+                FaultRule::new(write(), Fault::Throttle).limit(1),
+                FaultRule::new(write(), Fault::ThrottlingException).limit(1),
+                FaultRule::new(write(), Fault::Status(500)).limit(1),
+                FaultRule::new(write(), Fault::Unprocessed).limit(2),
+                FaultRule::new(write(), Fault::Throttle).probability(0.1),
+                FaultRule::new(write(), Fault::Unprocessed).probability(0.4),
+                FaultRule::new(read(), Fault::Unprocessed).probability(0.3),
+            ],
+        },
+    )
+    .unwrap();
+
+    // First run: everything computed and written through the faults.
+    let (status, stderr) = run(fx.worker_via(proxy.env(), 1));
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let counts = proxy.counts();
+    let summary = fx.summary(1).await;
+    report("dynamodb write", lines.len(), &counts, &summary);
+    assert_eq!(
+        (summary.written, summary.skipped, summary.failed),
+        (lines.len() as u64, 0, 0),
+        "{stderr}"
+    );
+    assert_eq!(fx.stored().await, lines.len(), "one item per image");
+    fx.assert_vectors(&engine, &images).await;
+    for kind in ["throttle", "throttling-exception", "status", "unprocessed"] {
+        assert!(
+            counts.by_kind.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} fault injected: {counts:?}"
+        );
+    }
+    assert!(counts.withheld > 0, "{counts:?}");
+    assert!(
+        counts
+            .largest_batch
+            .get("BatchWriteItem")
+            .copied()
+            .unwrap_or(0)
+            <= 25,
+        "{counts:?}"
+    );
+    drop(proxy);
+
+    // A rerun (a Batch retry) through a proxy that throttles and withholds keys on the resume
+    // check: it still finds every vector, so nothing is recomputed or rewritten.
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 8,
+            rules: vec![
+                FaultRule::new(read(), Fault::Throttle).limit(1),
+                FaultRule::new(read(), Fault::Unprocessed).limit(2),
+                FaultRule::new(read(), Fault::Unprocessed).probability(0.3),
+            ],
+        },
+    )
+    .unwrap();
+    let (status, stderr) = run(fx.worker_via(proxy.env(), 1));
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let counts = proxy.counts();
+    let summary = fx.summary(1).await;
+    report("dynamodb resume", lines.len(), &counts, &summary);
+    assert_eq!(
+        (summary.written, summary.skipped, summary.failed),
+        (0, lines.len() as u64, 0),
+        "{stderr}"
+    );
+    assert!(
+        counts.per_rule[0] > 0,
+        "no throttled BatchGetItem: {counts:?}"
+    );
+    assert!(counts.per_rule[1] > 0, "no UnprocessedKeys: {counts:?}");
+    assert!(counts.withheld > 0, "{counts:?}");
+    assert!(
+        counts
+            .largest_batch
+            .get("BatchGetItem")
+            .copied()
+            .unwrap_or(0)
+            <= 100,
+        "{counts:?}"
+    );
+    assert_eq!(counts.operation("BatchWriteItem"), 0, "nothing rewritten");
+    assert_eq!(fx.stored().await, lines.len());
+}
+
+/// A PNG that declares `w` x `h` RGB pixels and carries one tiny IDAT chunk.
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// A hostile input: its key (the ImageId), its bytes, and the failure kinds it may end with
+/// (`None`: it must be stored).
+type Case = (&'static str, Vec<u8>, Option<&'static [&'static str]>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_files_and_keys_each_end_as_a_vector_or_a_named_failure() {
+    let fx = Fixture::new().await;
+    let engine = fx.engine();
+    let jpeg = encode(picture(160, 120, 3), ImageFormat::Jpeg);
+    let png = encode(picture(160, 120, 4), ImageFormat::Png);
+    let cases: Vec<Case> = vec![
+        ("hostile/empty.jpg", Vec::new(), Some(&["empty"])),
+        (
+            "hostile/page.jpg",
+            b"<!DOCTYPE html><html><body>404</body></html>".to_vec(),
+            Some(&["unknown_format"]),
+        ),
+        (
+            "hostile/truncated.jpg",
+            jpeg[..jpeg.len() / 2].to_vec(),
+            Some(&["truncated", "corrupt"]),
+        ),
+        (
+            "hostile/truncated.png",
+            png[..png.len() / 2].to_vec(),
+            Some(&["truncated", "corrupt"]),
+        ),
+        (
+            "hostile/bomb-100000x100000.png",
+            png_declaring(100_000, 100_000),
+            Some(&["too_many_pixels"]),
+        ),
+        (
+            "hostile/1x1.png",
+            encode(picture(1, 1, 5), ImageFormat::Png),
+            None,
+        ),
+        (
+            "hostile/10000x10.png",
+            encode(picture(10_000, 10, 6), ImageFormat::Png),
+            None,
+        ),
+        (
+            "hostile/ünïcödé 日本語 🦀.jpg",
+            encode(picture(64, 48, 7), ImageFormat::Jpeg),
+            None,
+        ),
+        (
+            "hostile/with  spaces .jpg",
+            encode(picture(64, 48, 8), ImageFormat::Jpeg),
+            None,
+        ),
+        (
+            "hostile/100%25%.png",
+            encode(picture(64, 48, 9), ImageFormat::Png),
+            None,
+        ),
+        (
+            "hostile/a+b=c&d?.jpg",
+            encode(picture(64, 48, 10), ImageFormat::Jpeg),
+            None,
+        ),
+        (
+            "hostile/image id with a\nnewline.png",
+            encode(picture(64, 48, 11), ImageFormat::Png),
+            None,
+        ),
+    ];
+
+    let mut lines = Vec::new();
+    let mut valid = Vec::new();
+    let mut expected_failures: BTreeMap<String, &[&str]> = BTreeMap::new();
+    for (key, bytes, failure) in &cases {
+        // moto cannot store an S3 key with a newline (its router answers 404), so that case
+        // carries the newline in the ImageId, the table's key, with a plain S3 key.
+        let mut line = fx.put(&key.replace('\n', "-newline-"), bytes).await;
+        line.image_id = key.to_string();
+        lines.push(line);
+        match failure {
+            Some(kinds) => {
+                expected_failures.insert(key.to_string(), kinds);
+            }
+            None => valid.push((key.to_string(), bytes.clone())),
+        }
+    }
+    fx.put_manifest(2, &lines).await;
+
+    let (status, stderr) = run(fx.worker_via(fx.emulator.env(), 2));
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let summary = fx.summary(2).await;
+    eprintln!(
+        "RELIABILITY hostile: lines={} -> written={} skipped={} failed={}",
+        lines.len(),
+        summary.written,
+        summary.skipped,
+        summary.failed
+    );
+    assert_eq!(summary.images, lines.len() as u64);
+    assert_eq!(
+        summary.written + summary.failed,
+        lines.len() as u64,
+        "nothing lost"
+    );
+    assert_eq!(
+        (summary.written, summary.failed),
+        (valid.len() as u64, expected_failures.len() as u64),
+        "{stderr}"
+    );
+
+    let failures = fx.failures(2).await;
+    assert_eq!(failures.len(), expected_failures.len(), "{failures:?}");
+    for f in &failures {
+        eprintln!("RELIABILITY hostile failure: {:?} -> {}", f.key, f.kind);
+        let kinds = expected_failures
+            .get(&f.key)
+            .unwrap_or_else(|| panic!("unexpected failure {f:?}"));
+        assert!(
+            kinds.contains(&f.kind.as_str()),
+            "{f:?}, expected {kinds:?}"
+        );
+        assert!(
+            f.message.contains(&f.key),
+            "the message names the input: {f:?}"
+        );
+    }
+    assert_eq!(fx.stored().await, valid.len());
+    fx.assert_vectors(&engine, &valid).await;
+}
