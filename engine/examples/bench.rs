@@ -268,12 +268,15 @@ fn main() -> anyhow::Result<()> {
     ] {
         if let Some(ours) = ours {
             let draft = pyf(&format!("prepare_ms_{label}_draft"));
+            let draft1 = pyf(&format!("prepare_ms_{label}_draft1x"));
             let full = pyf(&format!("prepare_ms_{label}_full"));
             println!(
-                "| decode+preprocess, {label} ({n} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft(): {} / full decode: {} | {} / {} |",
+                "| decode+preprocess, {label} ({n} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft() 2x: {} / draft() 1x: {} / full decode: {} | {} / {} / {} |",
                 fmt(draft, "ms"),
+                fmt(draft1, "ms"),
                 fmt(full, "ms"),
                 ratio_time(ours, draft),
+                ratio_time(ours, draft1),
                 ratio_time(ours, full)
             );
         }
