@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Worker benchmark (BENCHMARKS.md "## Worker"): embatch-worker vs the sample-style Python worker
+# on the same images against a local moto server, then peak RSS at 1,000 vs 20,000 images.
+#   worker/bench/run.sh                       # defaults: 400 images, 3 runs, RSS at 1000,20000
+#   worker/bench/run.sh --images 100 --runs 1 --rss-sizes ''   # quick check
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release -p embatch-worker
+exec .venv/bin/python worker/bench/bench.py "$@"
