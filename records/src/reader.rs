@@ -7,25 +7,40 @@
 //! retried with the shared [`RetryPolicy`]. A stored item that is not a valid vector is an
 //! [`ItemError`] naming it, never a panic or a wrong vector.
 //!
-//! ```no_run
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! # // Runs against the local emulator; in production the client comes from
+//! # // `embatch_records::aws::dynamodb(&embatch_records::aws::load(&Default::default()).await)`.
+//! # let emulator = embatch_localaws::Emulator::start()?;
+//! # let client = aws_sdk_dynamodb::Client::new(&emulator.sdk_config().await);
+//! # embatch_records::table::create_table(&client, "embatch-vectors").await?;
 //! use embatch_records::reader::TableReader;
+//! use embatch_records::vector::{VectorMetadata, VectorRecord};
+//! use embatch_records::writer::{TableWriter, WriterConfig};
 //! use futures::TryStreamExt;
 //!
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = embatch_records::aws::load(&Default::default()).await;
-//! let reader = TableReader::new(embatch_records::aws::dynamodb(&config), "embatch-vectors");
+//! let cat = VectorRecord {
+//!     image_id: "images/cat.jpg".into(),
+//!     vector: vec![0.25; 512],
+//!     meta: VectorMetadata { source_uri: Some("s3://photos/images/cat.jpg".into()), ..Default::default() },
+//! };
+//! TableWriter::new(client.clone(), "embatch-vectors", WriterConfig::default())
+//!     .write(vec![cat])
+//!     .await?;
 //!
+//! let reader = TableReader::new(client, "embatch-vectors");
 //! let fetched = reader.get(&["images/cat.jpg", "images/dog.jpg"]).await?;
-//! for record in &fetched.found {
-//!     let v: &[f32] = &record.vector;
-//!     println!("{} {} dims from {:?}", record.image_id, v.len(), record.meta.source_uri);
-//! }
-//! println!("not in the table: {:?}", fetched.missing);
+//! let v: &[f32] = fetched.vector("images/cat.jpg").expect("stored above");
+//! assert_eq!(v.len(), 512);
+//! assert_eq!(fetched.found[0].meta.source_uri.as_deref(), Some("s3://photos/images/cat.jpg"));
+//! assert_eq!(fetched.missing, vec!["images/dog.jpg"]);
 //!
 //! // The whole table, 4 parallel scan segments.
-//! let all: Vec<_> = reader.scan(4).try_collect().await?;
-//! println!("{} vectors", all.len());
-//! # Ok(()) }
+//! let all: Vec<VectorRecord> = reader.scan(4).try_collect().await?;
+//! assert_eq!(all.len(), 1);
+//! # Ok(())
+//! # }
 //! ```
 
 use std::collections::{HashMap, HashSet};
