@@ -294,6 +294,7 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
         max_pixels,
         ..Limits::default()
     };
+    // (The engine's byte limit stays at its default here: the worker's is checked at fetch.)
     for (key, bytes) in bad {
         let kind = engine.prepare(&bytes, &limits).unwrap_err().kind();
         lines.push(fx.put(key, &bytes).await);
@@ -302,6 +303,19 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
     assert_eq!(expected_failures["bad/empty.png"], "empty");
     assert_eq!(expected_failures["bad/notes.jpg"], "unknown_format");
     assert_eq!(expected_failures["bad/huge.png"], "too_many_pixels");
+
+    // Over the encoded-size limit: refused before downloading, by the manifest's size or (when
+    // the listing understated it) by Content-Length.
+    let max_bytes = lines.iter().map(|l| l.size).max().unwrap() + 1;
+    let big = encode(picture(700, 500, 7), ImageFormat::Bmp);
+    assert!(big.len() as u64 > max_bytes);
+    lines.push(fx.put("bad/big.bmp", &big).await);
+    let mut understated = fx.put("bad/big-understated.bmp", &big).await;
+    understated.size = 100;
+    lines.push(understated);
+    for key in ["bad/big.bmp", "bad/big-understated.bmp"] {
+        expected_failures.insert(key.into(), "too_large".into());
+    }
 
     // A second line claiming the ImageId of the first valid image.
     let mut duplicate = fx
@@ -316,6 +330,7 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
     let worker = || {
         let mut w = fx.worker(3);
         w.args(["--max-pixels", &max_pixels.to_string()]);
+        w.args(["--max-encoded-bytes", &max_bytes.to_string()]);
         w
     };
     let (status, stderr) = run(worker());
@@ -601,6 +616,26 @@ async fn configuration_errors_exit_2_and_name_the_input() {
     let (status, stderr) = run(command);
     assert_eq!(status.code(), Some(exit::PERMANENT), "{stderr}");
     assert!(stderr.contains("/nonexistent/spec.toml"), "{stderr}");
+
+    // A model file that is not the one its spec names: refuse to start.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&fx.spec).unwrap();
+    let spec = ModelSpec::from_path(&fx.spec).unwrap();
+    let tampered = text.replace(&spec.sha256, &"0".repeat(64)).replace(
+        "file = \"",
+        &format!("file = \"{}/", fx.spec.parent().unwrap().display()),
+    );
+    let tampered_path = dir.path().join("tampered.toml");
+    std::fs::write(&tampered_path, tampered).unwrap();
+    let line = fx
+        .put("ok.png", &encode(picture(50, 40, 1), ImageFormat::Png))
+        .await;
+    fx.put_manifest(7, &[line]).await;
+    let mut command = fx.worker(7);
+    command.env(env::MODEL_SPEC, &tampered_path);
+    let (status, stderr) = run(command);
+    assert_eq!(status.code(), Some(exit::PERMANENT), "{stderr}");
+    assert!(stderr.contains("sha256"), "{stderr}");
 
     // --help documents every setting with its environment variable.
     let help = Command::new(WORKER).arg("--help").output().unwrap();
