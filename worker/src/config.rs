@@ -79,7 +79,8 @@ pub struct Config {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub decode_threads: Option<u32>,
 
-    /// Threads running inference, each with its own model plan [default: number of cores].
+    /// Threads running inference (each runs the shared model plan with its own state)
+    /// [default: number of cores].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub infer_threads: Option<u32>,
 
