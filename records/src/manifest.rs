@@ -59,7 +59,10 @@ pub fn to_jsonl(lines: &[ManifestLine]) -> Vec<u8> {
 pub fn parse_jsonl(bytes: &[u8], source_name: &str) -> Result<Vec<ManifestLine>, ManifestError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ManifestError {
         source_name: source_name.to_string(),
-        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        line: 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
         message: "not UTF-8".to_string(),
     })?;
     text.split('\n')
@@ -103,6 +106,10 @@ mod tests {
         bytes.extend_from_slice(b"{\"bucket\": 1}\n");
         let err = parse_jsonl(&bytes, "s3://b/run/manifests/0.jsonl").unwrap_err();
         assert_eq!(err.line, 2);
-        assert!(err.to_string().contains("s3://b/run/manifests/0.jsonl line 2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("s3://b/run/manifests/0.jsonl line 2"),
+            "{err}"
+        );
     }
 }

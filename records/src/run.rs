@@ -144,9 +144,18 @@ mod tests {
     #[test]
     fn layout_keys_follow_the_documented_shape() {
         let l = RunLayout::new(&S3Uri::new("b", "runs"), "r1");
-        assert_eq!(l.manifest(7).to_string(), "s3://b/runs/r1/manifests/7.jsonl");
-        assert_eq!(l.failures(7).to_string(), "s3://b/runs/r1/reports/7.failures.jsonl");
-        assert_eq!(l.summary(0).to_string(), "s3://b/runs/r1/reports/0.summary.json");
+        assert_eq!(
+            l.manifest(7).to_string(),
+            "s3://b/runs/r1/manifests/7.jsonl"
+        );
+        assert_eq!(
+            l.failures(7).to_string(),
+            "s3://b/runs/r1/reports/7.failures.jsonl"
+        );
+        assert_eq!(
+            l.summary(0).to_string(),
+            "s3://b/runs/r1/reports/0.summary.json"
+        );
         assert_eq!(l.plan().to_string(), "s3://b/runs/r1/run.json");
         assert_eq!(RunLayout::from_root(S3Uri::new("b", "runs/r1")), l);
         assert_eq!(RunLayout::new(&S3Uri::new("b", ""), "r1").root.key, "r1/");

@@ -130,7 +130,10 @@ pub enum ItemError {
 
 /// The vector as little-endian float32 bytes; bit-exact, NaN payloads included.
 pub fn encode_f32_le(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect()
+    values
+        .iter()
+        .flat_map(|v| v.to_bits().to_le_bytes())
+        .collect()
 }
 
 /// The inverse of [`encode_f32_le`]; `None` if the length is not a multiple of 4.
@@ -356,17 +359,28 @@ mod tests {
         let good = record(vec![1.0, 2.0]).to_item();
 
         let mut short = good.clone();
-        short.insert(attr::VECTOR.into(), AttributeValue::B(Blob::new(vec![0u8; 7])));
+        short.insert(
+            attr::VECTOR.into(),
+            AttributeValue::B(Blob::new(vec![0u8; 7])),
+        );
         assert!(matches!(
             VectorRecord::from_item(&short),
-            Err(ItemError::LengthMismatch { bytes: 7, dimension: 2, .. })
+            Err(ItemError::LengthMismatch {
+                bytes: 7,
+                dimension: 2,
+                ..
+            })
         ));
 
         let mut dim = good.clone();
         dim.insert(attr::DIMENSION.into(), AttributeValue::N("3".into()));
         assert!(matches!(
             VectorRecord::from_item(&dim),
-            Err(ItemError::LengthMismatch { bytes: 8, dimension: 3, .. })
+            Err(ItemError::LengthMismatch {
+                bytes: 8,
+                dimension: 3,
+                ..
+            })
         ));
 
         let mut dtype = good.clone();
@@ -386,17 +400,26 @@ mod tests {
         let mut wrong = good;
         wrong.insert(attr::WIDTH.into(), AttributeValue::S("640".into()));
         let err = VectorRecord::from_item(&wrong).unwrap_err();
-        assert!(err.to_string().contains("a/1.jpg") && err.to_string().contains("Width"), "{err}");
+        assert!(
+            err.to_string().contains("a/1.jpg") && err.to_string().contains("Width"),
+            "{err}"
+        );
     }
 
     #[test]
     fn items_written_by_the_original_sample_are_readable() {
         let mut item = HashMap::new();
         item.insert(attr::IMAGE_ID.into(), AttributeValue::S("1".into()));
-        item.insert(attr::VECTOR.into(), AttributeValue::B(Blob::new(encode_f32_le(&[0.5; 4]))));
+        item.insert(
+            attr::VECTOR.into(),
+            AttributeValue::B(Blob::new(encode_f32_le(&[0.5; 4]))),
+        );
         item.insert(attr::DIMENSION.into(), AttributeValue::N("4".into()));
         item.insert(attr::DATA_TYPE.into(), AttributeValue::S("float32".into()));
-        item.insert(attr::CREATED.into(), AttributeValue::S("2020-01-01 00:00:00".into()));
+        item.insert(
+            attr::CREATED.into(),
+            AttributeValue::S("2020-01-01 00:00:00".into()),
+        );
         let r = VectorRecord::from_item(&item).unwrap();
         assert_eq!(r.vector, vec![0.5; 4]);
         assert_eq!(r.meta.source_uri, None);
