@@ -95,7 +95,8 @@ impl Match {
         }
     }
 
-    /// S3 GETs (object downloads) of any path.
+    /// S3 GETs of any path: object downloads, and also listings (a GET on the bucket). For
+    /// downloads only, use [`Match::s3_get_under`].
     pub fn s3_get() -> Self {
         Match::S3 {
             method: Some(Method::GET),
