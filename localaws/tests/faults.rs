@@ -10,7 +10,17 @@ use embatch_localaws::emulator::{sdk_config_for, unique_name};
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
 use embatch_localaws::Emulator;
 
+/// A client with `attempts` attempts of at most 500 ms each (short, so the delay fault is seen
+/// as a timeout).
 async fn s3(endpoint: &str, attempts: u32) -> aws_sdk_s3::Client {
+    s3_with_timeout(endpoint, attempts, Duration::from_millis(500)).await
+}
+
+async fn s3_with_timeout(
+    endpoint: &str,
+    attempts: u32,
+    attempt_timeout: Duration,
+) -> aws_sdk_s3::Client {
     let sdk = sdk_config_for(endpoint).await;
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)
@@ -22,7 +32,7 @@ async fn s3(endpoint: &str, attempts: u32) -> aws_sdk_s3::Client {
             )
             .timeout_config(
                 TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_millis(500))
+                    .operation_attempt_timeout(attempt_timeout)
                     .build(),
             )
             .build(),
@@ -31,7 +41,8 @@ async fn s3(endpoint: &str, attempts: u32) -> aws_sdk_s3::Client {
 
 /// A bucket holding one 64 KiB object `k`, created straight on the emulator.
 async fn bucket_with_object(emulator: &Emulator) -> (String, Vec<u8>) {
-    let direct = s3(&emulator.endpoint(), 1).await;
+    // Setup goes straight to the emulator, which can be slow on a loaded machine: no tight timeout.
+    let direct = s3_with_timeout(&emulator.endpoint(), 3, Duration::from_secs(30)).await;
     let bucket = unique_name("faults");
     direct.create_bucket().bucket(&bucket).send().await.unwrap();
     let body: Vec<u8> = (0..65_536u32).map(|i| (i * 7 % 251) as u8).collect();
