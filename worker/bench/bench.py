@@ -168,6 +168,8 @@ def main():
         bucket = "bench-images"
         s3.create_bucket(Bucket=bucket)
 
+        if args.runs == 0:
+            args.images = 0
         print(f"uploading {args.images} 640x480 JPEGs ...", file=sys.stderr)
         lines = upload(s3, bucket, [(f"photos/{i:05}.jpg", photo(i, 640, 480)) for i in range(args.images)])
         manifest = put_manifest(s3, bucket, 0, lines)
@@ -211,39 +213,49 @@ def main():
             results["sample"].append((seconds, rss))
             print(f"run {run + 1} sample: {seconds:.1f} s, {args.images / seconds:.1f} img/s, peak RSS {rss:.0f} MiB", file=sys.stderr)
 
-        print(f"\n### Throughput: {args.images} 640x480 JPEGs, medians of {args.runs} runs\n")
-        print("| worker | wall s (median) | images/s | vs sample | peak RSS MiB |")
-        print("|---|---|---|---|---|")
-        sample_s = statistics.median(s for s, _ in results["sample"])
-        for name, runs in results.items():
-            median_s = statistics.median(s for s, _ in runs)
-            rss = statistics.median(r for _, r in runs)
-            print(f"| {name} | {median_s:.1f} | {args.images / median_s:.1f} | {sample_s / median_s:.2f}x | {rss:.0f} |")
-        keys = ["fetch_s", "decode_s", "infer_s", "write_s", "seconds"]
-        med = {k: statistics.median(s[k] for s in stages) for k in keys}
-        print(
-            "\nworker (default) busy seconds per stage, summed over parallel workers (median): "
-            + ", ".join(f"{k[:-2] if k != 'seconds' else 'wall'} {med[k]:.1f}" for k in keys)
-        )
-
-        sizes = [int(n) for n in args.rss_sizes.split(",") if n]
-        if sizes:
-            tiles = [photo(10_000 + i, 64, 48) for i in range(100)]
-            print("\n### Peak RSS against manifest length (64x48 JPEGs)\n")
-            print("| images | wall s | images/s | peak RSS MiB |")
-            print("|---|---|---|---|")
-            for n, size in enumerate(sizes, start=1):
-                print(f"uploading {size} 64x48 JPEGs ...", file=sys.stderr)
-                rss_lines = upload(s3, bucket, [(f"rss{size}/{i:06}.jpg", tiles[i % len(tiles)]) for i in range(size)])
-                put_manifest(s3, bucket, n, rss_lines)
-                table_no += 1
-                table = new_table(ddb, f"bench-{table_no}")
-                seconds, rss, text = run_timed([WORKER], worker_env(n, table))
-                assert worker_summary(text)["written"] == size
-                print(f"| {size} | {seconds:.1f} | {size / seconds:.1f} | {rss:.0f} |", flush=True)
+        if args.runs > 0:
+            print_throughput(args, results)
+            keys = ["fetch_s", "decode_s", "infer_s", "write_s", "seconds"]
+            med = {k: statistics.median(s[k] for s in stages) for k in keys}
+            print(
+                "\nworker (default) busy seconds per stage, summed over parallel workers (median): "
+                + ", ".join(f"{k[:-2] if k != 'seconds' else 'wall'} {med[k]:.1f}" for k in keys)
+            )
+        rss_table(args, s3, ddb, bucket, worker_env, table_no)
     finally:
         moto.terminate()
         moto.wait()
+
+
+def print_throughput(args, results):
+    print(f"\n### Throughput: {args.images} 640x480 JPEGs, medians of {args.runs} runs\n")
+    print("| worker | wall s (median) | images/s | vs sample | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    sample_s = statistics.median(s for s, _ in results["sample"])
+    for name, runs in results.items():
+        median_s = statistics.median(s for s, _ in runs)
+        rss = statistics.median(r for _, r in runs)
+        print(f"| {name} | {median_s:.1f} | {args.images / median_s:.1f} | {sample_s / median_s:.2f}x | {rss:.0f} |")
+
+
+def rss_table(args, s3, ddb, bucket, worker_env, table_no):
+    sizes = [int(n) for n in args.rss_sizes.split(",") if n]
+    if not sizes:
+        return
+    tiles = [photo(10_000 + i, 64, 48) for i in range(100)]
+    print("\n### Peak RSS against manifest length (64x48 JPEGs)\n")
+    print("| images | wall s | images/s | peak RSS MiB |")
+    print("|---|---|---|---|")
+    lines = []  # manifests share the images: each size uploads only the ones it adds
+    for n, size in enumerate(sizes, start=1):
+        print(f"uploading up to {size} 64x48 JPEGs ...", file=sys.stderr)
+        lines += upload(s3, bucket, [(f"rss/{i:06}.jpg", tiles[i % len(tiles)]) for i in range(len(lines), size)])
+        put_manifest(s3, bucket, n, lines[:size])
+        table_no += 1
+        table = new_table(ddb, f"bench-{table_no}")
+        seconds, rss, text = run_timed([WORKER], worker_env(n, table))
+        assert worker_summary(text)["written"] == size
+        print(f"| {size} | {seconds:.1f} | {size / seconds:.1f} | {rss:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
