@@ -1,0 +1,251 @@
+//! What the worker's end-to-end tests share: an emulator with a bucket, a table and a run
+//! folder, the worker started as AWS Batch starts an array child, and test pictures.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::Select;
+use embatch_engine::{Engine, Limits, ModelSpec};
+use embatch_localaws::emulator::unique_name;
+use embatch_localaws::{test_model, Emulator};
+use embatch_records::manifest::{to_jsonl, ManifestLine};
+use embatch_records::reader::TableReader;
+use embatch_records::report::{ChildSummary, FailureLine};
+use embatch_records::run::{env, RunLayout};
+use embatch_records::s3uri::S3Uri;
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+pub const WORKER: &str = env!("CARGO_BIN_EXE_embatch-worker");
+
+/// One emulator with a bucket, a table and a run folder.
+pub struct Fixture {
+    pub emulator: Emulator,
+    pub s3: aws_sdk_s3::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub bucket: String,
+    pub table: String,
+    pub run_id: String,
+    pub layout: RunLayout,
+    pub spec: PathBuf,
+}
+
+impl Fixture {
+    pub async fn new() -> Fixture {
+        // On this thread: the emulator dies with the thread that started it, and tokio's
+        // blocking threads come and go.
+        let emulator = Emulator::start().expect("the emulator starts");
+        let config = emulator.sdk_config().await;
+        let s3 = embatch_records::aws::s3(&config);
+        let dynamodb = embatch_records::aws::dynamodb(&config);
+        let bucket = unique_name("images");
+        let table = unique_name("vectors");
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        embatch_records::table::create_table(&dynamodb, &table)
+            .await
+            .unwrap();
+        let run_id = "20260101T000000Z-abcdef".to_string();
+        let layout = RunLayout::new(&S3Uri::new(&bucket, "embatch-runs/"), &run_id);
+        let spec = tokio::task::spawn_blocking(test_model::resnet18_spec)
+            .await
+            .unwrap()
+            .expect("the test model is generated");
+        Fixture {
+            emulator,
+            s3,
+            dynamodb,
+            bucket,
+            table,
+            run_id,
+            layout,
+            spec,
+        }
+    }
+
+    /// Uploads an object; returns its manifest line (ETag as listed, without quotes).
+    pub async fn put(&self, key: &str, bytes: &[u8]) -> ManifestLine {
+        let out = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(bytes.to_vec().into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("upload of {key:?}: {e:?}"));
+        ManifestLine {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            size: bytes.len() as u64,
+            etag: out.e_tag().unwrap().trim_matches('"').to_string(),
+            image_id: key.to_string(),
+        }
+    }
+
+    pub async fn put_manifest(&self, n: usize, lines: &[ManifestLine]) {
+        let uri = self.layout.manifest(n);
+        self.s3
+            .put_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .body(to_jsonl(lines).into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The worker as AWS Batch starts array child `index` of a job with manifest offset 0,
+    /// talking to `endpoint` (the emulator or a fault proxy in front of it).
+    pub fn worker_via(&self, endpoint_env: Vec<(String, String)>, index: usize) -> Command {
+        let mut command = Command::new(WORKER);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(endpoint_env)
+            .env(env::RUN_ID, &self.run_id)
+            .env(env::RUN_URI, self.layout.root.to_string())
+            .env(env::MANIFEST_OFFSET, "0")
+            .env(env::TABLE, &self.table)
+            .env(env::MODEL_SPEC, &self.spec)
+            .env(env::ARRAY_INDEX, index.to_string())
+            .env(env::JOB_ID, format!("job-1234:{index}"))
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn worker(&self, index: usize) -> Command {
+        self.worker_via(self.emulator.env(), index)
+    }
+
+    pub async fn get_text(&self, uri: &S3Uri) -> String {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{uri} is readable: {e:?}"));
+        String::from_utf8(out.body.collect().await.unwrap().to_vec()).unwrap()
+    }
+
+    pub async fn summary(&self, n: usize) -> ChildSummary {
+        serde_json::from_str(&self.get_text(&self.layout.summary(n)).await).unwrap()
+    }
+
+    pub async fn failures(&self, n: usize) -> Vec<FailureLine> {
+        self.get_text(&self.layout.failures(n))
+            .await
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Items in the table now.
+    pub async fn stored(&self) -> usize {
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let out = self
+                .dynamodb
+                .scan()
+                .table_name(&self.table)
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            count += out.count() as usize;
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                return count;
+            }
+        }
+    }
+
+    /// Polls the table until it holds at least `n` items (the worker's observable progress).
+    pub async fn wait_until_stored(&self, n: usize, worker: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while self.stored().await < n {
+            assert!(
+                worker.try_wait().unwrap().is_none(),
+                "the worker ended before storing {n} vectors"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{n} vectors not stored within 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        Engine::load(&ModelSpec::from_path(&self.spec).unwrap()).unwrap()
+    }
+
+    /// Asserts each `(image id, bytes)` is stored once with the engine's vector on those bytes.
+    pub async fn assert_vectors(&self, engine: &Engine, images: &[(String, Vec<u8>)]) {
+        let reader = TableReader::new(self.dynamodb.clone(), self.table.clone());
+        let ids: Vec<&str> = images.iter().map(|(id, _)| id.as_str()).collect();
+        let fetched = reader.get(&ids).await.unwrap();
+        assert!(fetched.missing.is_empty(), "missing: {:?}", fetched.missing);
+        for (id, bytes) in images {
+            let record = fetched.record(id).unwrap();
+            let prepared = engine.prepare(bytes, &Limits::default()).unwrap();
+            let expected = engine.embed(&[prepared]).unwrap();
+            assert_eq!(record.vector.len(), engine.dimension(), "{id:?}");
+            let c = cosine(&record.vector, &expected[0]);
+            assert!(c >= 0.9999, "{id:?}: cosine {c}");
+        }
+    }
+}
+
+/// A distinct picture per seed: a gradient with a disc.
+pub fn picture(width: u32, height: u32, seed: u32) -> RgbImage {
+    let (cx, cy, r) = (
+        (seed * 37 % width) as f32,
+        (seed * 53 % height) as f32,
+        (width.min(height) / 3).max(1) as f32,
+    );
+    RgbImage::from_fn(width, height, |x, y| {
+        let inside = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) < r * r;
+        if inside {
+            Rgb([(seed * 71 % 256) as u8, 30, 200])
+        } else {
+            Rgb([
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                (seed * 13 % 256) as u8,
+            ])
+        }
+    })
+}
+
+pub fn encode(image: RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
+    bytes
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+pub fn run(mut command: Command) -> (ExitStatus, String) {
+    let out = command.output().expect("the worker starts");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
