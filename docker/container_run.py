@@ -6,13 +6,24 @@ calls this after building the image).
 The model is the generated test model, mounted read-only at /models (the real ResNet18 cannot
 be downloaded here). Also checks: the container runs as a non-root user, and refuses a model
 whose sha256 does not match its spec (exit 2, the "do not retry" code).
+
+Security checks: every worker run has a read-only root file system (podman --read-only, as the
+job definition's ReadonlyRootFilesystem; /tmp is a tmpfs there too, as the job definition
+configures: the worker keeps its failure report in a temporary file) and still succeeds; the
+image's configuration carries no AWS_* environment variables; and the output of every container
+run holds neither the credentials passed in (random per run, in the shape of real ones: an
+AKIA... key id, a 40-character secret, a session token) nor a signature, a signed URL's
+credential or an Authorization header.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import secrets
 import shutil
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -24,24 +35,92 @@ from emulated_stack import (CREDENTIALS, ROOT, Child, Failed, check, clients,  #
                             test_model_spec)
 
 MODEL_MOUNT = "/models"
+# The emulator accepts any credentials: the container gets its own, made up for this run and
+# shaped like real ones, so that finding them in its output means something. (The host-side
+# clients keep emulated_stack's "testing".)
+_UPPER = string.ascii_uppercase + string.digits
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "AKIA" + "".join(secrets.choice(_UPPER) for _ in range(16)),
+    "AWS_SECRET_ACCESS_KEY": "".join(secrets.choice(string.ascii_letters + string.digits + "/+")
+                                     for _ in range(40)),
+    "AWS_SESSION_TOKEN": "FwoG" + secrets.token_urlsafe(96),
+}
+assert set(CREDENTIALS) <= set(FAKE_CREDENTIALS)
+# What must never appear in a container's output: the credential values, and the parts of a
+# signed request (a presigned URL's query, or the signed headers).
+LEAK_MARKERS = re.compile(r"X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Authorization:",
+                          re.IGNORECASE)
+# Every container run: (what, podman arguments, result), for the output checks at the end.
+RUNS: list[tuple[str, list[str], subprocess.CompletedProcess]] = []
 
 
 def podman(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", "--runtime", "runc", *args], text=True, capture_output=True, **kwargs)
 
 
+def container(what: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """`podman run --rm ARGS`, recorded in RUNS."""
+    argv = ["run", "--rm", *args]
+    done = podman(*argv, **kwargs)
+    RUNS.append((what, argv, done))
+    return done
+
+
+# As the job definition: ReadonlyRootFilesystem, and a /tmp tmpfs (the worker's failure report
+# is a temporary file: worker/src/accounting.rs).
+READ_ONLY = ("--read-only", "--tmpfs", "/tmp")
+
+
 def container_worker(image: str, url: str, model_dir: Path):
     """Starts the image for a child: only the child's environment, the emulator endpoint and
-    test credentials; the model directory mounted read-only; a read-only root file system with
-    a /tmp tmpfs, as the job definition configures."""
+    this run's made-up credentials; the model directory mounted read-only; a read-only root
+    file system with a /tmp tmpfs, as the job definition configures."""
 
     def run(child: Child) -> subprocess.CompletedProcess:
-        env = {**CREDENTIALS, "AWS_ENDPOINT_URL": url, **child.env}
+        env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": url, **child.env}
         flags = [f"--env={k}={v}" for k, v in env.items()]
-        return podman("run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
-                      "--volume", f"{model_dir}:{MODEL_MOUNT}:ro", *flags, image, timeout=900)
+        return container(f"worker {child.job_id}", "--network", "host", *READ_ONLY,
+                         "--volume", f"{model_dir}:{MODEL_MOUNT}:ro", *flags, image, timeout=900)
 
     return run
+
+
+def check_image_config(image: str) -> None:
+    """The image's own environment: no AWS_* variable (credentials come from the job's role)."""
+    done = podman("image", "inspect", "--format", "{{json .Config.Env}}", image)
+    check(done.returncode == 0, f"podman image inspect {image}")
+    names = [e.split("=", 1)[0] for e in (json.loads(done.stdout) or [])]
+    aws = [n for n in names if n.upper().startswith("AWS_")]
+    check(not aws, f"the image's environment holds no AWS_* variable: {', '.join(names)}")
+
+
+def check_read_only(image: str) -> None:
+    """The worker's flags make the root file system read-only, and leave /tmp writable."""
+    # As root, so that only the read-only mount (not file permissions) can refuse the write.
+    root = container("write probe /", *READ_ONLY, "--user", "0", "--entrypoint", "/bin/sh", image,
+                     "-c", "touch /probe")
+    check(root.returncode != 0 and "Read-only file system" in root.stderr,
+          f"--read-only: writing / fails: {root.stderr.strip()[:120]}")
+    tmp = container("write probe /tmp", *READ_ONLY, "--entrypoint", "/bin/sh", image, "-c",
+                    "touch /tmp/probe && rm /tmp/probe")
+    check(tmp.returncode == 0, f"--tmpfs /tmp: /tmp is writable for the worker's user {tmp.stderr.strip()[:120]}")
+
+
+def check_outputs() -> None:
+    """No container run printed a credential value or a part of a signed request."""
+    workers = [r for r in RUNS if r[0].startswith("worker ")]
+    check(all(all(f in argv for f in READ_ONLY) for _, argv, _ in workers),
+          f"all {len(workers)} worker runs had a read-only root file system ({' '.join(READ_ONLY)})")
+    values = FAKE_CREDENTIALS
+    leaks, chars = [], 0
+    for what, _, done in RUNS:
+        for stream, text in (("stdout", done.stdout or ""), ("stderr", done.stderr or "")):
+            chars += len(text)
+            leaks += [f"{what} {stream}: the {k} value" for k, v in values.items() if v in text]
+            leaks += [f"{what} {stream}: {m.group(0)!r}" for m in LEAK_MARKERS.finditer(text)]
+    check(not leaks, f"{len(RUNS)} container runs' output ({chars} characters of stdout+stderr) "
+          f"holds no credential value ({', '.join(values)}) and no {LEAK_MARKERS.pattern.replace('|', ', ')}"
+          + (f": {leaks[:5]}" if leaks else ""))
 
 
 def main() -> int:
@@ -52,10 +131,11 @@ def main() -> int:
     spec = test_model_spec()
     model_dir = spec.parent
 
-    user = podman("run", "--rm", "--entrypoint", "id", args.image)
+    check_image_config(args.image)
+    user = container("id", "--entrypoint", "id", args.image)
     check(user.returncode == 0 and user.stdout.startswith("uid=10001(embatch)"),
           f"container runs as a non-root user: {user.stdout.strip() or user.stderr.strip()}")
-    version = podman("run", "--rm", args.image, "--version")
+    version = container("--version", args.image, "--version")
     check(version.returncode == 0, f"entrypoint is the worker: {version.stdout.strip()}")
 
     with moto_server() as url:
@@ -97,6 +177,8 @@ def main() -> int:
               f"a model with a wrong sha256 is refused with exit 2: {done.returncode}, "
               f"{(done.stderr.strip().splitlines() or [''])[-1][:200]}")
         shutil.rmtree(tampered, ignore_errors=True)
+    check_read_only(args.image)
+    check_outputs()
     print("docker/container_run: passed")
     return 0
 
