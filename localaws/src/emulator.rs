@@ -23,6 +23,7 @@ const SECRET_KEY: &str = "testing";
 pub struct Emulator {
     child: Child,
     port: u16,
+    die_with_parent: bool,
 }
 
 impl Emulator {
@@ -39,8 +40,11 @@ impl Emulator {
     }
 
     fn spawn(die_with_parent: bool) -> anyhow::Result<Self> {
+        Self::spawn_on(free_port()?, die_with_parent)
+    }
+
+    fn spawn_on(port: u16, die_with_parent: bool) -> anyhow::Result<Self> {
         let python = crate::python::interpreter()?;
-        let port = free_port()?;
         let mut command = Command::new(&python);
         command
             .args([
@@ -66,7 +70,11 @@ impl Emulator {
         let child = command
             .spawn()
             .with_context(|| format!("starting the AWS emulator with {}", python.display()))?;
-        let mut emulator = Self { child, port };
+        let mut emulator = Self {
+            child,
+            port,
+            die_with_parent,
+        };
         emulator.wait_ready(Duration::from_secs(30))?;
         emulator.post("/moto-api/config", r#"{"batch": {"use_docker": false}}"#)?;
         Ok(emulator)
@@ -106,6 +114,22 @@ impl Emulator {
     /// Stops the server now (the same happens on drop).
     pub fn stop(mut self) {
         self.kill();
+    }
+
+    /// Kills the server (SIGKILL) and keeps its port: clients now get connection refused,
+    /// as in an outage, until [`Emulator::restart`].
+    pub fn crash(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a fresh server on the same port (after [`Emulator::crash`], or killing the running
+    /// one first). Clients keep their endpoint; the state is gone (moto keeps it in memory).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let fresh = Self::spawn_on(self.port, self.die_with_parent)?;
+        // The old value's drop reaps an already reaped child: a no-op.
+        *self = fresh;
+        Ok(())
     }
 
     fn kill(&mut self) {

@@ -154,6 +154,9 @@ pub enum Fault {
     /// Forward, then send the status, the headers and half of the body, and close the
     /// connection. For S3 object downloads.
     ResetMidBody,
+    /// Forward, then send the status, the headers and half of the body, go silent for this
+    /// long, and close the connection: a stalled download. For S3 object downloads.
+    StallMidBody(Duration),
     /// Forward after this long: longer than the client's timeout, it is a timeout.
     Delay(Duration),
 }
@@ -167,6 +170,7 @@ impl Fault {
             Fault::Unprocessed => "unprocessed",
             Fault::Reset => "reset",
             Fault::ResetMidBody => "reset-mid-body",
+            Fault::StallMidBody(_) => "stall-mid-body",
             Fault::Delay(_) => "delay",
         }
     }
@@ -468,19 +472,12 @@ impl State {
                 self.forward(parts, body).await.map(full_response)
             }
             Some((Fault::ResetMidBody, _)) => {
-                let (head, full) = self.forward(parts, body).await?.into_parts();
-                let half = full.slice(..full.len() / 2);
-                let frames = futures::stream::iter([Ok::<_, BoxError>(Frame::data(half))]).chain(
-                    futures::stream::once(async {
-                        // Let hyper flush the first half before the connection dies.
-                        tokio::task::yield_now().await;
-                        Err::<Frame<Bytes>, BoxError>(injected("injected reset mid-body"))
-                    }),
-                );
-                Ok(Response::from_parts(
-                    head,
-                    BodyExt::boxed(StreamBody::new(frames)),
-                ))
+                let response = self.forward(parts, body).await?;
+                Ok(half_then_close(response, Duration::ZERO))
+            }
+            Some((Fault::StallMidBody(stall), _)) => {
+                let response = self.forward(parts, body).await?;
+                Ok(half_then_close(response, stall))
             }
             Some((Fault::Unprocessed, choice)) => {
                 let (op, json) = (
@@ -752,4 +749,20 @@ fn throttling_exception(dynamodb: bool) -> Response<ProxyBody> {
     } else {
         error_answer(false, 0, true)
     }
+}
+
+/// The response's head and the first half of its body, then, after `silence`, a closed
+/// connection.
+fn half_then_close(response: Response<Bytes>, silence: Duration) -> Response<ProxyBody> {
+    let (head, full) = response.into_parts();
+    let half = full.slice(..full.len() / 2);
+    let frames = futures::stream::iter([Ok::<_, BoxError>(Frame::data(half))]).chain(
+        futures::stream::once(async move {
+            // Let hyper flush the first half before the connection goes quiet or dies.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(silence).await;
+            Err::<Frame<Bytes>, BoxError>(injected("injected reset mid-body"))
+        }),
+    );
+    Response::from_parts(head, BodyExt::boxed(StreamBody::new(frames)))
 }

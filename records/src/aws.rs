@@ -15,20 +15,29 @@ pub struct AwsOptions {
     pub endpoint_url: Option<String>,
     /// Region; defaults to the SDK's provider chain (`AWS_REGION`, profile, IMDS).
     pub region: Option<String>,
+    /// Longest one attempt of a request may take before it is abandoned and retried (the
+    /// SDK's operation attempt timeout); [`DEFAULT_ATTEMPT_TIMEOUT`] when unset.
+    pub attempt_timeout: Option<Duration>,
 }
+
+/// The attempt timeout when [`AwsOptions::attempt_timeout`] is unset.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Loads the shared SDK configuration.
 ///
 /// Retries: the SDK's standard mode with 5 attempts (exponential backoff with jitter), on top
 /// of which our own writers and readers retry unprocessed items. Timeouts: 5 s to connect,
-/// 60 s per attempt, so a stalled connection is retried instead of hanging a child.
+/// [`AwsOptions::attempt_timeout`] per attempt (default 60 s), so a stalled connection is
+/// retried instead of hanging a child.
 pub async fn load(options: &AwsOptions) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(5))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(60))
+                .operation_attempt_timeout(
+                    options.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
+                )
                 .build(),
         );
     if let Some(url) = &options.endpoint_url {

@@ -135,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = embatch_records::aws::load(&AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
+        attempt_timeout: None,
     })
     .await;
     let clients = Clients::new(&config);

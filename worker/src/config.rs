@@ -71,6 +71,11 @@ pub struct Config {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub fetch_attempts: u32,
 
+    /// Seconds one AWS request attempt may take, and one S3 download may go without receiving
+    /// a byte, before it is abandoned and retried.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub attempt_timeout_secs: u64,
+
     /// MiB of encoded image bytes held at once (downloading or waiting to be decoded).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub buffer_mib: u64,
@@ -147,6 +152,11 @@ impl Config {
     /// Inference threads, defaulting to the number of cores.
     pub fn infer_threads(&self) -> usize {
         self.infer_threads.map_or_else(cores, |n| n as usize)
+    }
+
+    /// See `--attempt-timeout-secs`.
+    pub fn attempt_timeout(&self) -> Duration {
+        Duration::from_secs(self.attempt_timeout_secs)
     }
 
     /// The grace period after SIGTERM.

@@ -7,7 +7,7 @@
 //! manifest's size, then `Content-Length`) and again while the body streams in.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
@@ -60,6 +60,7 @@ pub enum FetchError {
 pub struct Fetcher {
     s3: aws_sdk_s3::Client,
     max_bytes: u64,
+    stall_timeout: Duration,
     policy: RetryPolicy,
     budget: Arc<Semaphore>,
     budget_units: u32,
@@ -73,11 +74,13 @@ enum Attempt {
 
 impl Fetcher {
     /// A fetcher refusing objects over `max_bytes`, holding at most `budget_bytes` of image
-    /// data at once (a single larger image still proceeds, alone).
+    /// data at once (a single larger image still proceeds, alone), and abandoning (to retry)
+    /// a download that receives nothing for `stall_timeout`.
     pub fn new(
         s3: aws_sdk_s3::Client,
         max_bytes: u64,
         budget_bytes: u64,
+        stall_timeout: Duration,
         policy: RetryPolicy,
     ) -> Fetcher {
         let budget_units = u32::try_from(budget_bytes.div_ceil(BUDGET_UNIT))
@@ -86,6 +89,7 @@ impl Fetcher {
         Fetcher {
             s3,
             max_bytes,
+            stall_timeout,
             policy,
             budget: Arc::new(Semaphore::new(budget_units as usize)),
             budget_units,
@@ -190,7 +194,18 @@ impl Fetcher {
         let capacity = length.unwrap_or(line.size).min(self.max_bytes);
         let mut bytes = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
         let mut body = response.body;
-        while let Some(chunk) = body.next().await {
+        // The SDK's attempt timeout ends with the response head; the body is ours to guard.
+        while let Some(chunk) = tokio::time::timeout(self.stall_timeout, body.next())
+            .await
+            .map_err(|_| {
+                Attempt::Transient(format!(
+                    "reading {}: no data for {:?} after {} bytes",
+                    line.uri(),
+                    self.stall_timeout,
+                    bytes.len()
+                ))
+            })?
+        {
             let chunk = chunk.map_err(|e| {
                 Attempt::Transient(format!(
                     "reading {} failed after {} bytes: {}",

@@ -68,6 +68,7 @@ async fn run_inner(
     let sdk = aws::load(&AwsOptions {
         endpoint_url: config.endpoint_url.clone(),
         region: config.region.clone(),
+        attempt_timeout: Some(config.attempt_timeout()),
     })
     .await;
     let (s3, dynamodb) = (aws::s3(&sdk), aws::dynamodb(&sdk));
@@ -129,6 +130,7 @@ async fn run_inner(
         s3.clone(),
         config.max_encoded_bytes,
         config.buffer_mib.saturating_mul(1024 * 1024),
+        config.attempt_timeout(),
         policy,
     );
     let writer = TableWriter::new(

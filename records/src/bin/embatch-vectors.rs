@@ -76,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = aws::load(&AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
+        attempt_timeout: None,
     })
     .await;
     let reader = TableReader::new(aws::dynamodb(&config), table.clone());
