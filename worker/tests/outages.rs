@@ -1,0 +1,342 @@
+//! Outages the worker cannot ride out: the emulator killed mid-run, the table failing past
+//! the retry budget, an image that never downloads. Each time the child must exit 75 (so AWS
+//! Batch retries it) in bounded time, record no valid image as failed, and a re-run must
+//! complete with every image stored exactly once. Also: responses that stall past the attempt
+//! timeout are abandoned and retried. The `RELIABILITY ...` lines on stderr are the numbers in
+//! RELIABILITY.md (`cargo test --release --workspace --locked --test outages -- --nocapture`).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_records::manifest::ManifestLine;
+use embatch_records::run::exit;
+use image::ImageFormat;
+
+mod common;
+use common::*;
+
+/// How the worker's last log line names a dead endpoint.
+const CONNECTION_REFUSED: &str = "Connection refused";
+
+/// Longest a child may take to give up on a dead dependency (the retry budgets are ~2 min).
+const GIVE_UP_WITHIN: Duration = Duration::from_secs(300);
+
+/// `n` distinct JPEGs and PNGs under `prefix/`, uploaded: their manifest lines and bytes.
+async fn upload(fx: &Fixture, prefix: &str, n: u32) -> (Vec<ManifestLine>, Vec<(String, Vec<u8>)>) {
+    let mut lines = Vec::new();
+    let mut images = Vec::new();
+    for i in 0..n {
+        let (format, ext) = if i % 2 == 0 {
+            (ImageFormat::Jpeg, "jpg")
+        } else {
+            (ImageFormat::Png, "png")
+        };
+        let bytes = encode(picture(56 + i % 13, 44 + i % 7, i), format);
+        let line = fx.put(&format!("{prefix}/{i:05}.{ext}"), &bytes).await;
+        images.push((line.image_id.clone(), bytes));
+        lines.push(line);
+    }
+    (lines, images)
+}
+
+/// A started worker whose stderr is being collected.
+struct Running {
+    child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn start(mut command: Command) -> Running {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the worker starts");
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).unwrap();
+        text
+    });
+    Running { child, stderr }
+}
+
+impl Running {
+    /// Waits for the end, at most [`GIVE_UP_WITHIN`]: the status, the stderr, how long it took.
+    async fn finish(self) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id();
+        let mut child = self.child;
+        let waited = tokio::time::timeout(
+            GIVE_UP_WITHIN,
+            tokio::task::spawn_blocking(move || child.wait()),
+        )
+        .await;
+        let Ok(status) = waited else {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the worker did not end within {GIVE_UP_WITHIN:?}");
+        };
+        let status = status.unwrap().unwrap();
+        (status, self.stderr.join().unwrap(), started.elapsed())
+    }
+}
+
+/// Asserts the child gave up with 75, saying why (`cause` in its last log line), unharmed.
+fn assert_gave_up(status: ExitStatus, stderr: &str, cause: &str) {
+    assert_eq!(status.code(), Some(exit::TRANSIENT), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("\"level\":\"ERROR\"") && last.contains(cause),
+        "the last log line says why ({cause}): {last}"
+    );
+}
+
+/// Asserts no image was recorded as failed: the failure report is absent or empty.
+async fn assert_no_failures_recorded(fx: &Fixture) {
+    let uri = fx.layout.failures(0);
+    let out = fx
+        .s3
+        .get_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .send()
+        .await;
+    if let Ok(out) = out {
+        let text = out.body.collect().await.unwrap().to_vec();
+        assert!(
+            text.is_empty(),
+            "valid images recorded as failed: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+}
+
+/// Every item of the table, as stored.
+async fn items(fx: &Fixture) -> Vec<HashMap<String, AttributeValue>> {
+    let mut all = Vec::new();
+    let mut start = None;
+    loop {
+        let out = fx
+            .dynamodb
+            .scan()
+            .table_name(&fx.table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        all.extend(out.items().iter().cloned());
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            return all;
+        }
+    }
+}
+
+/// A re-run with no faults: exit 0, `skipped` already stored, the rest written, every image
+/// stored once with the engine's vector.
+async fn assert_rerun_completes(fx: &Fixture, images: &[(String, Vec<u8>)], skipped: u64) {
+    let (status, stderr) = run(fx.worker(0));
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let summary = fx.summary(0).await;
+    let n = images.len() as u64;
+    assert_eq!(
+        (
+            summary.images,
+            summary.written,
+            summary.skipped,
+            summary.failed
+        ),
+        (n, n - skipped, skipped, 0),
+        "{stderr}"
+    );
+    assert_eq!(fx.stored().await, images.len(), "one item per image");
+    fx.assert_vectors(&fx.engine(), images).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_killed_mid_run_exits_75_and_a_rerun_after_its_restart_completes() {
+    let mut fx = Fixture::new().await;
+    let (lines, images) = upload(&fx, "outage", 120).await;
+    fx.put_manifest(0, &lines).await;
+
+    let mut running = start(fx.worker(0));
+    fx.wait_until_stored(1, &mut running.child).await;
+    // What survives the crash: the table as it is now (AWS keeps its state; moto does not,
+    // so it is put back after the restart, with the images and the manifest).
+    let survived = items(&fx).await;
+    fx.emulator.crash();
+    let (status, stderr, gave_up_after) = running.finish().await;
+    assert_gave_up(status, &stderr, CONNECTION_REFUSED);
+
+    fx.emulator
+        .restart()
+        .expect("the emulator restarts on its port");
+    fx.s3
+        .create_bucket()
+        .bucket(&fx.bucket)
+        .send()
+        .await
+        .unwrap();
+    embatch_records::table::create_table(&fx.dynamodb, &fx.table)
+        .await
+        .unwrap();
+    for ((_, bytes), line) in images.iter().zip(&lines) {
+        let again = fx.put(&line.key, bytes).await;
+        assert_eq!(again.etag, line.etag, "same bytes, same ETag");
+    }
+    fx.put_manifest(0, &lines).await;
+    for item in &survived {
+        fx.dynamodb
+            .put_item()
+            .table_name(&fx.table)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    eprintln!(
+        "RELIABILITY emulator-killed: images={} stored_before_kill={} exit={:?} gave_up_after_ms={}",
+        images.len(),
+        survived.len(),
+        status.code(),
+        gave_up_after.as_millis()
+    );
+    assert!(survived.len() < images.len(), "killed mid-run");
+    assert_rerun_completes(&fx, &images, survived.len() as u64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
+    let fx = Fixture::new().await;
+    let (lines, images) = upload(&fx, "tabledown", 30).await;
+    fx.put_manifest(0, &lines).await;
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 75,
+            rules: vec![FaultRule::new(
+                Match::dynamodb("BatchWriteItem"),
+                Fault::Status(500),
+            )],
+        },
+    )
+    .unwrap();
+
+    let (status, stderr, took) = start(fx.worker_via(proxy.env(), 0)).finish().await;
+    let counts = proxy.counts();
+    eprintln!(
+        "RELIABILITY table-down: images={} BatchWriteItem={} injected={} exit={:?} gave_up_after_ms={}",
+        images.len(),
+        counts.operation("BatchWriteItem"),
+        counts.injected(),
+        status.code(),
+        took.as_millis()
+    );
+    assert_gave_up(status, &stderr, "not written to DynamoDB");
+    assert_no_failures_recorded(&fx).await;
+    assert!(
+        counts.operation("BatchWriteItem") > 1,
+        "retried: {counts:?}"
+    );
+    assert_eq!(fx.stored().await, 0, "nothing got through");
+    assert_rerun_completes(&fx, &images, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
+    let fx = Fixture::new().await;
+    let (lines, images) = upload(&fx, "s3down", 12).await;
+    fx.put_manifest(0, &lines).await;
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 76,
+            rules: vec![FaultRule::new(
+                Match::s3_get_under(&fx.bucket, "s3down/00003"),
+                Fault::Status(503),
+            )],
+        },
+    )
+    .unwrap();
+
+    let mut command = fx.worker_via(proxy.env(), 0);
+    command.args(["--fetch-attempts", "3"]);
+    let (status, stderr, took) = start(command).finish().await;
+    let counts = proxy.counts();
+    let stored = fx.stored().await;
+    eprintln!(
+        "RELIABILITY s3-image-down: images={} injected={} exit={:?} gave_up_after_ms={} stored={}",
+        images.len(),
+        counts.injected(),
+        status.code(),
+        took.as_millis(),
+        stored
+    );
+    assert_gave_up(status, &stderr, "s3down/00003");
+    assert_no_failures_recorded(&fx).await;
+    assert!(
+        counts.injected() >= 3,
+        "three attempts at least: {counts:?}"
+    );
+    // The other images were not held hostage: whatever was embedded before the child gave up
+    // is stored, and the re-run skips it.
+    assert!(stored < images.len());
+    assert_rerun_completes(&fx, &images, stored as u64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_stalling_past_the_attempt_timeout_are_retried() {
+    let fx = Fixture::new().await;
+    let (lines, images) = upload(&fx, "stall", 24).await;
+    fx.put_manifest(0, &lines).await;
+    let images_only = || Match::s3_get_under(&fx.bucket, "stall/");
+    let silence = Duration::from_secs(60);
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 77,
+            rules: vec![
+                // The first three image GETs answer late, the next three stall mid-body.
+                FaultRule::new(images_only(), Fault::Delay(silence)).limit(3),
+                FaultRule::new(images_only(), Fault::StallMidBody(silence)).limit(3),
+            ],
+        },
+    )
+    .unwrap();
+
+    let mut command = fx.worker_via(proxy.env(), 0);
+    command.args(["--attempt-timeout-secs", "2"]);
+    let (status, stderr, took) = start(command).finish().await;
+    let counts = proxy.counts();
+    eprintln!(
+        "RELIABILITY s3-stalls: images={} GETs={} injected={} by_kind={:?} exit={:?} took_ms={}",
+        images.len(),
+        counts.operation("S3 GET"),
+        counts.injected(),
+        counts.by_kind,
+        status.code(),
+        took.as_millis()
+    );
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    for kind in ["delay", "stall-mid-body"] {
+        assert_eq!(
+            counts.by_kind.get(kind).copied(),
+            Some(3),
+            "{kind} injected: {counts:?}"
+        );
+    }
+    // Abandoned after the 2 s timeout, not after the 60 s silence.
+    assert!(took < silence, "took {took:?}");
+    let summary = fx.summary(0).await;
+    assert_eq!(
+        (summary.written, summary.failed),
+        (images.len() as u64, 0),
+        "{stderr}"
+    );
+    assert_eq!(fx.stored().await, images.len());
+    fx.assert_vectors(&fx.engine(), &images).await;
+}
