@@ -2,6 +2,8 @@
 //! folder, the worker started as AWS Batch starts an array child, and test pictures.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod hostile;
+
 use std::io::Cursor;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
