@@ -65,6 +65,12 @@ async fn one_manifest_is_a_plain_job_with_the_run_in_its_environment() {
     args.push("photos".into());
     let out = f.embatch(&args, None).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stderr.is_empty(), "progress is logged");
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {:?}",
+        out.stderr
+    );
     let summary = out.json();
     assert_eq!(summary["images"], 3);
     assert_eq!(summary["manifests"], 1);
