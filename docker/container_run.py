@@ -8,8 +8,10 @@ be downloaded here). Also checks: the container runs as a non-root user, and ref
 whose sha256 does not match its spec (exit 2, the "do not retry" code).
 
 Security checks: every worker run has a read-only root file system (podman --read-only, as the
-job definition's ReadonlyRootFilesystem; /tmp is a tmpfs there too, as the job definition
-configures: the worker keeps its failure report in a temporary file) and still succeeds; the
+job definition's ReadonlyRootFilesystem, without podman's own tmpfs on /run, /tmp and /var/tmp,
+which Batch does not add; /tmp is a tmpfs, as the job definition configures: the worker keeps
+its failure report in a temporary file, and exits 75 without a writable /tmp) and still
+succeeds; the
 image's configuration carries no AWS_* environment variables; and the output of every container
 run holds neither the credentials passed in (random per run, in the shape of real ones: an
 AKIA... key id, a 40-character secret, a session token) nor a signature, a signed URL's
@@ -67,8 +69,10 @@ def container(what: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 # As the job definition: ReadonlyRootFilesystem, and a /tmp tmpfs (the worker's failure report
-# is a temporary file: worker/src/accounting.rs).
-READ_ONLY = ("--read-only", "--tmpfs", "/tmp")
+# is a temporary file: worker/src/accounting.rs). podman --read-only alone would also mount
+# tmpfs on /run, /tmp and /var/tmp (--read-only-tmpfs, default true); AWS Batch mounts only
+# what the job definition lists.
+READ_ONLY = ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp")
 
 
 def container_worker(image: str, url: str, model_dir: Path):
@@ -95,15 +99,18 @@ def check_image_config(image: str) -> None:
 
 
 def check_read_only(image: str) -> None:
-    """The worker's flags make the root file system read-only, and leave /tmp writable."""
-    # As root, so that only the read-only mount (not file permissions) can refuse the write.
+    """The worker's flags make the root file system read-only, and leave only /tmp writable."""
+    # As root, so that only the read-only mount (not file permissions) can refuse the writes.
+    dirs = ["/", "/var/tmp", "/run", "/usr/local/bin"]
     root = container("write probe /", *READ_ONLY, "--user", "0", "--entrypoint", "/bin/sh", image,
-                     "-c", "touch /probe")
-    check(root.returncode != 0 and "Read-only file system" in root.stderr,
-          f"--read-only: writing / fails: {root.stderr.strip()[:120]}")
+                     "-c", " ; ".join(f"touch {d.rstrip('/')}/probe" for d in dirs))
+    refused = root.stderr.count("Read-only file system")
+    check(refused == len(dirs), f"--read-only: writing {', '.join(dirs)} fails "
+          f"({refused} of {len(dirs)}: Read-only file system)")
     tmp = container("write probe /tmp", *READ_ONLY, "--entrypoint", "/bin/sh", image, "-c",
                     "touch /tmp/probe && rm /tmp/probe")
-    check(tmp.returncode == 0, f"--tmpfs /tmp: /tmp is writable for the worker's user {tmp.stderr.strip()[:120]}")
+    check(tmp.returncode == 0, f"--tmpfs /tmp: /tmp is writable for the worker's user"
+          + (f": {tmp.stderr.strip()[:120]}" if tmp.returncode else ""))
 
 
 def check_outputs() -> None:
