@@ -27,6 +27,7 @@ pub mod report;
 pub mod retry;
 pub mod run;
 pub mod s3uri;
+pub mod sdk_error;
 pub mod table;
 pub mod vector;
 pub mod writer;

@@ -43,10 +43,10 @@
 //! # }
 //! ```
 
+use crate::sdk_error::describe;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::Semaphore;
@@ -312,7 +312,12 @@ impl TableReader {
         ids: &[String],
         projection: Option<[&'static str; 3]>,
     ) -> Result<HashMap<String, Item>, ReadError> {
-        let chunks: Vec<&[String]> = ids.chunks(MAX_BATCH_GET_KEYS).collect();
+        // Owned chunks: a future borrowing them from `ids` is not `Send` (rustc cannot prove
+        // the borrow general enough across `buffer_unordered`), and callers spawn these.
+        let chunks: Vec<Vec<String>> = ids
+            .chunks(MAX_BATCH_GET_KEYS)
+            .map(<[String]>::to_vec)
+            .collect();
         let concurrency = chunks.len().max(1);
         let pages: Vec<Result<Vec<Item>, ReadError>> = stream::iter(chunks)
             .map(|chunk| self.batch_get_chunk(chunk, projection))
@@ -340,15 +345,15 @@ impl TableReader {
 
     async fn batch_get_chunk(
         &self,
-        ids: &[String],
+        ids: Vec<String>,
         projection: Option<[&'static str; 3]>,
     ) -> Result<Vec<Item>, ReadError> {
         let keys: Vec<Item> = ids
-            .iter()
-            .map(|id| HashMap::from([(attr::IMAGE_ID.to_string(), AttributeValue::S(id.clone()))]))
+            .into_iter()
+            .map(|id| HashMap::from([(attr::IMAGE_ID.to_string(), AttributeValue::S(id))]))
             .collect();
         let mut pending = self.keys_and_attributes(keys, projection);
-        let mut found = Vec::with_capacity(ids.len());
+        let mut found = Vec::with_capacity(pending.keys().len());
         let mut backoff = self.config.retry.backoff();
         loop {
             let result = {
@@ -379,7 +384,7 @@ impl TableReader {
                     None
                 }
                 Err(e) if is_transient_sdk_error(&e) => {
-                    tracing::debug!(table = &*self.table, error = %DisplayErrorContext(&e), "BatchGetItem failed transiently");
+                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchGetItem failed transiently");
                     Some(self.request_error("BatchGetItem", &e))
                 }
                 Err(e) => return Err(self.request_error("BatchGetItem", &e)),
@@ -429,7 +434,7 @@ impl TableReader {
         ReadError::Request {
             table: self.table.to_string(),
             operation,
-            message: DisplayErrorContext(e).to_string(),
+            message: describe(e),
             transient: is_transient_sdk_error(e),
         }
     }
@@ -443,4 +448,16 @@ fn unique<S: AsRef<str>>(ids: &[S]) -> Vec<String> {
         .filter(|id| seen.insert(*id))
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Callers spawn these futures on a multi-threaded runtime: they must stay `Send` (this
+    /// fails to compile otherwise).
+    #[allow(dead_code)]
+    fn futures_are_send(reader: &super::TableReader, ids: &[String]) {
+        fn send<T: Send>(_: T) {}
+        send(reader.get(ids));
+        send(reader.provenance(ids));
+    }
 }

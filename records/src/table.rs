@@ -1,11 +1,11 @@
 //! Creating the vector table (tests, the local run; production tables come from the
 //! deployment templates with the same key schema).
 
+use crate::sdk_error::{causes, describe};
 use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_dynamodb::client::Waiters;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
@@ -36,14 +36,14 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) -> anyh
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+        .map_err(|e| anyhow::anyhow!("{}", describe(&e)))
         .with_context(|| format!("creating DynamoDB table {name}"))?;
     client
         .wait_until_table_exists()
         .table_name(name)
         .wait(ACTIVE_WITHIN)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", DisplayErrorContext(e)))
+        .map_err(|e| anyhow::anyhow!("{}", causes(&e)))
         .with_context(|| format!("waiting for DynamoDB table {name} to become ACTIVE"))?;
     Ok(())
 }

@@ -28,10 +28,11 @@
 //! # Ok(()) }
 //! ```
 
+use crate::sdk_error::describe;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
@@ -232,13 +233,13 @@ impl TableWriter {
                     last
                 }
                 Err(e) if is_transient_sdk_error(&e) => {
-                    tracing::debug!(table = &*self.table, error = %DisplayErrorContext(&e), "BatchWriteItem failed transiently");
-                    DisplayErrorContext(&e).to_string()
+                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchWriteItem failed transiently");
+                    describe(&e)
                 }
                 Err(e) if e.code() == Some("ValidationException") && pending.len() > 1 => {
                     // One bad item (e.g. over DynamoDB's 400 KB) fails its whole batch: split
                     // the batch until the bad items stand alone, so the good ones are stored.
-                    tracing::debug!(table = &*self.table, error = %DisplayErrorContext(&e), "BatchWriteItem rejected; splitting the batch");
+                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchWriteItem rejected; splitting the batch");
                     let right = pending.split_off(pending.len() / 2);
                     let (mut left, right) =
                         futures::join!(self.write_batch(pending), self.write_batch(right));
@@ -249,7 +250,7 @@ impl TableWriter {
                     return vec![BatchError {
                         ids: ids_of(&pending),
                         failure: WriteFailure::Rejected {
-                            message: DisplayErrorContext(&e).to_string(),
+                            message: describe(&e),
                         },
                     }]
                 }

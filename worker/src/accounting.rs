@@ -2,13 +2,13 @@
 //! counted here; failures go to a JSON Lines report, spooled to a temporary file so memory
 //! does not grow with the number of failures, and uploaded next to the run's manifests.
 
+use embatch_records::sdk_error::describe;
 use std::io::{BufWriter, Seek, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use embatch_records::report::{ChildSummary, FailureLine};
 use embatch_records::s3uri::S3Uri;
@@ -213,7 +213,7 @@ async fn put(
         .body(body)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("writing {uri}: {}", DisplayErrorContext(&e)))?;
+        .map_err(|e| anyhow::anyhow!("writing {uri}: {}", describe(&e)))?;
     Ok(())
 }
 

@@ -6,11 +6,12 @@
 //! permanent failure of that image only. The size limit is checked before downloading (the
 //! manifest's size, then `Content-Length`) and again while the body streams in.
 
+use embatch_records::sdk_error::{causes, describe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::{Bytes, BytesMut};
 use embatch_engine::ImageError;
@@ -211,7 +212,7 @@ impl Fetcher {
                     "reading {} failed after {} bytes: {}",
                     line.uri(),
                     bytes.len(),
-                    DisplayErrorContext(&e)
+                    causes(&e)
                 ))
             })?;
             let total = (bytes.len() + chunk.len()) as u64;
@@ -241,7 +242,7 @@ fn too_large(item: &WorkItem, bytes: u64, max: u64) -> (&'static str, String) {
 fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
     let uri = item.line.uri();
     if is_transient_sdk_error(&error) {
-        return Attempt::Transient(format!("{uri}: {}", DisplayErrorContext(&error)));
+        return Attempt::Transient(format!("{uri}: {}", describe(&error)));
     }
     let status = error.raw_response().map(|r| r.status().as_u16());
     let kind = match (error.as_service_error(), status) {
@@ -252,7 +253,7 @@ fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
     let message = match kind {
         "not_found" => format!("{uri} does not exist"),
         "access_denied" => format!("{uri}: access denied"),
-        _ => format!("{uri}: {}", DisplayErrorContext(&error)),
+        _ => format!("{uri}: {}", describe(&error)),
     };
     Attempt::Permanent((kind, message))
 }

@@ -2,10 +2,10 @@
 //! work starts (a malformed manifest is a configuration error, exit 2), then handed out line by
 //! line. Only the raw JSON Lines stay in memory, never a parsed line per image.
 
+use embatch_records::sdk_error::describe;
 use std::collections::HashMap;
 
 use anyhow::anyhow;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::Bytes;
 use embatch_records::manifest::{ManifestError, ManifestLine};
@@ -63,7 +63,7 @@ impl Manifest {
                     Attempt::Failed {
                         transient,
                         missing,
-                        message: DisplayErrorContext(&e).to_string(),
+                        message: describe(&e),
                     }
                 })?;
             // The SDK does not retry a body cut short: that is an attempt of ours.
