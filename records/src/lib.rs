@@ -28,6 +28,7 @@ pub mod retry;
 pub mod run;
 pub mod s3uri;
 pub mod sdk_error;
+pub mod sdk_log;
 pub mod table;
 pub mod vector;
 pub mod writer;

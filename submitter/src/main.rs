@@ -10,10 +10,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use embatch_records::aws::AwsOptions;
 use embatch_records::image_id::ImageIdMode;
 use embatch_records::s3uri::S3Uri;
+use embatch_records::sdk_log::NoCredentials;
 use embatch_submitter::event::PathsEvent;
 use embatch_submitter::listing::{ExtensionFilter, DEFAULT_EXTENSIONS};
 use embatch_submitter::plan::DEFAULT_IMAGES_PER_JOB;
@@ -118,6 +121,9 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "embatch_submitter=info,embatch=info".into()),
         )
+        .finish()
+        // Whatever RUST_LOG says, no SDK event that prints the access key id.
+        .with(NoCredentials)
         .init();
     let cli = Cli::parse();
     match run(cli).await {

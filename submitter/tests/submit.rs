@@ -532,3 +532,36 @@ async fn malformed_input_is_refused_before_anything_is_written() {
     assert_eq!(out.code, 0, "name:revision is accepted: {}", out.stderr);
     assert_eq!(f.jobs_in_queue().await, 2);
 }
+
+#[tokio::test]
+async fn trace_logs_never_print_the_credentials() {
+    let f = Fixture::new().await;
+    f.put_all(&f.bucket, &strings(&["photos/a.jpg"]), b"x")
+        .await;
+    let (key_id, secret) = (
+        "AKIAEMBATCHTESTKEY01",
+        "embatchTestSecretKey0123456789abcdefGHIJ",
+    );
+    let mut args = f.submit_args();
+    args.extend(["--dry-run".into(), "photos".into()]);
+    let out = f
+        .embatch_with(
+            &args,
+            None,
+            &[
+                ("AWS_ACCESS_KEY_ID", key_id),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+                ("RUST_LOG", "trace"),
+            ],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("aws_smithy_runtime"),
+        "the SDK's trace logs are on"
+    );
+    for value in [key_id, secret] {
+        assert!(!out.stderr.contains(value), "{value} in the logs");
+        assert!(!out.stdout.contains(value), "{value} in the output");
+    }
+}

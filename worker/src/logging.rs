@@ -1,20 +1,15 @@
 //! Structured logs with `tracing`: JSON lines when stderr is not a terminal (CloudWatch),
 //! human-readable text with a progress bar on a terminal. `RUST_LOG` overrides the filter.
 //! The AWS SDK's own logs are kept at `warn`: its debug output is request-level detail.
-//!
-//! Whatever `RUST_LOG` says, the SDK events that print the signing identity stay off
-//! ([`NoCredentials`], a ceiling on top of the filter): at `debug` the endpoint resolver prints
-//! its parameters, and at `trace` the orchestrator and the signer print the identity; both
-//! include the access key id (the secret key and the session token are redacted by the SDK).
+//! Whatever `RUST_LOG` says, the SDK events that print the access key id stay off
+//! ([`NoCredentials`]).
 
 use std::io::{IsTerminal, Write};
 
+use embatch_records::sdk_log::NoCredentials;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tracing::level_filters::LevelFilter;
-use tracing::subscriber::Interest;
-use tracing::{Metadata, Subscriber};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -27,62 +22,6 @@ pub fn filter(rust_log: Option<&str>) -> EnvFilter {
     rust_log
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
-}
-
-/// The most verbose level let through for these targets (and their modules; the longest
-/// matching target applies), whatever the filter says: above it the SDK prints the
-/// credentials' access key id.
-const CEILINGS: [(&str, LevelFilter); 3] = [
-    // "resolving endpoint" (debug): endpoint_params with the resolved identity.
-    (
-        "aws_smithy_runtime::client::orchestrator::endpoints",
-        LevelFilter::INFO,
-    ),
-    // "resolved identity" (::auth) and the runtime components (trace).
-    (
-        "aws_smithy_runtime::client::orchestrator",
-        LevelFilter::DEBUG,
-    ),
-    // "signing request" (trace): the signing params with the identity.
-    ("aws_sigv4", LevelFilter::DEBUG),
-];
-
-/// A layer that only turns events off ([`CEILINGS`]); it never turns one on, and gives no
-/// level hint, so the filter's maximum level (and the `log` crate's) stays as it was.
-pub struct NoCredentials;
-
-impl NoCredentials {
-    fn allows(metadata: &Metadata<'_>) -> bool {
-        let target = metadata.target();
-        CEILINGS
-            .iter()
-            .filter(|(prefix, _)| {
-                target == *prefix
-                    || target
-                        .strip_prefix(prefix)
-                        .is_some_and(|rest| rest.starts_with("::"))
-            })
-            .max_by_key(|(prefix, _)| prefix.len())
-            .is_none_or(|(_, ceiling)| *ceiling >= *metadata.level())
-    }
-}
-
-impl<S: Subscriber> Layer<S> for NoCredentials {
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if Self::allows(metadata) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn enabled(&self, metadata: &Metadata<'_>, _: Context<'_, S>) -> bool {
-        Self::allows(metadata)
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        None
-    }
 }
 
 /// Installs the global subscriber and returns the progress bar (hidden unless text on a
@@ -167,77 +106,5 @@ impl Drop for Event {
         self.bar.suspend(|| {
             let _ = std::io::stderr().write_all(&buf);
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    use tracing::level_filters::LevelFilter;
-    use tracing_subscriber::layer::{Context, SubscriberExt};
-    use tracing_subscriber::Layer;
-
-    use super::{filter, NoCredentials};
-
-    struct Count(Arc<AtomicUsize>);
-
-    impl<S: tracing::Subscriber> Layer<S> for Count {
-        fn on_event(&self, _: &tracing::Event<'_>, _: Context<'_, S>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// How many of the SDK's identity-printing events, and of three ordinary SDK events at
-    /// debug level under the same targets, pass the filter made from `rust_log` and
-    /// [`NoCredentials`].
-    fn passed(rust_log: Option<&str>) -> (usize, usize) {
-        let count = Arc::new(AtomicUsize::new(0));
-        let subscriber = tracing_subscriber::registry()
-            .with(filter(rust_log))
-            .with(NoCredentials)
-            .with(Count(count.clone()));
-        let mut ordinary = 0;
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator::endpoints", "resolving endpoint");
-            tracing::trace!(target: "aws_smithy_runtime::client::orchestrator::auth", "resolved identity");
-            tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", "runtime components");
-            tracing::trace!(target: "aws_sigv4::http_request::sign", "signing request");
-            let before = count.load(Ordering::SeqCst);
-            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "retry settings");
-            tracing::debug!(target: "aws_smithy_runtime::client::retries", "retry");
-            tracing::debug!(target: "aws_sigv4::http_request::sign", "signed");
-            ordinary = count.load(Ordering::SeqCst) - before;
-        });
-        (count.load(Ordering::SeqCst) - ordinary, ordinary)
-    }
-
-    #[test]
-    fn identity_events_stay_off_whatever_rust_log_says() {
-        // The default keeps the SDK at warn: the ceiling must not raise it.
-        assert_eq!(passed(None), (0, 0));
-        assert_eq!(passed(Some("info")), (0, 0));
-        assert_eq!(passed(Some("debug")), (0, 3));
-        assert_eq!(passed(Some("trace")), (0, 3));
-        assert_eq!(
-            passed(Some(
-                "aws_smithy_runtime::client::orchestrator::endpoints=trace,aws_sigv4=trace"
-            )),
-            (0, 1)
-        );
-    }
-
-    #[test]
-    fn the_ceiling_gives_no_level_hint() {
-        // So that the filter's maximum level (and the `log` crate's, which tract logs through)
-        // is the filter's own.
-        let hint = tracing_subscriber::registry()
-            .with(filter(None))
-            .with(NoCredentials);
-        assert_eq!(
-            tracing::Subscriber::max_level_hint(&hint),
-            Some(LevelFilter::INFO)
-        );
     }
 }

@@ -126,10 +126,21 @@ impl Fixture {
 
     /// Runs the real `embatch` binary with `args`, feeding `stdin`.
     pub async fn embatch(&self, args: &[String], stdin: Option<&[u8]>) -> Output {
+        self.embatch_with(args, stdin, &[]).await
+    }
+
+    /// [`Fixture::embatch`] with extra environment variables (overriding the emulator's).
+    pub async fn embatch_with(
+        &self,
+        args: &[String],
+        stdin: Option<&[u8]>,
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_embatch"))
             .args(args)
             .env_clear()
             .envs(self.emulator.env())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
