@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use crate::decode::{self, ImageError};
+use crate::decode::ImageError;
 use crate::limits::Limits;
-use crate::preprocess::{self, Prepared};
+use crate::preprocess::Prepared;
 use crate::spec::{EmbeddingSelector, Layout, ModelSpec};
 
 /// Batch size of one inference run, chosen by measurement (`examples/bench.rs`, see
@@ -261,13 +261,7 @@ impl Engine {
     /// Decodes and preprocesses one encoded image for this model. Pure CPU work on the
     /// calling thread; call it from many (rayon) threads at once.
     pub fn prepare(&self, bytes: &[u8], limits: &Limits) -> Result<Prepared, ImageError> {
-        let min_side = self.spec.preprocess.resize_shorter_to * decode::DCT_SCALE_MARGIN;
-        let decoded = decode::decode(bytes, limits, min_side)?;
-        preprocess::preprocess(
-            &decoded.rgb,
-            &self.spec,
-            (decoded.original_width, decoded.original_height),
-        )
+        crate::prepare(bytes, &self.spec, limits)
     }
 
     /// Embeds prepared images: one vector of [`Engine::dimension`] values per image, in

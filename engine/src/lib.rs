@@ -30,3 +30,19 @@ pub use spec::{
     ChannelOrder, EmbeddingSelector, InputSpec, Interpolation, Layout, ModelSpec, PreprocessSpec,
     SpecError,
 };
+
+/// Decodes and preprocesses one encoded image for the model `spec` describes, without loading
+/// the model: the whole of [`Engine::prepare`] (which calls this with its own spec). For tools
+/// and fuzzing that need the worker's image path but not inference.
+pub fn prepare(bytes: &[u8], spec: &ModelSpec, limits: &Limits) -> Result<Prepared, ImageError> {
+    let min_side = spec
+        .preprocess
+        .resize_shorter_to
+        .saturating_mul(decode::DCT_SCALE_MARGIN);
+    let decoded = decode::decode(bytes, limits, min_side)?;
+    preprocess::preprocess(
+        &decoded.rgb,
+        spec,
+        (decoded.original_width, decoded.original_height),
+    )
+}
