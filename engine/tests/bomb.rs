@@ -9,6 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use embatch_engine::{Engine, ImageError, Limits};
+use embatch_localaws::sample::png_declaring;
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -29,46 +30,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// A PNG that declares `w` x `h` RGB pixels and carries one tiny (valid zlib) IDAT chunk.
-fn png_header(w: u32, h: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut c = kind.to_vec();
-        c.extend_from_slice(data);
-        out.extend_from_slice(&c);
-        out.extend_from_slice(&crc32(&c).to_be_bytes());
-    }
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut png, b"IHDR", &ihdr);
-    // zlib stream of a few zero bytes.
-    chunk(
-        &mut png,
-        b"IDAT",
-        &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01],
-    );
-    chunk(&mut png, b"IEND", &[]);
-    png
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A real JPEG whose frame header is patched to declare `w` x `h`.
 fn jpeg_header(w: u16, h: u16) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(16, 16, image::Rgb([10, 20, 30]));
@@ -84,7 +45,7 @@ fn jpeg_header(w: u16, h: u16) -> Vec<u8> {
 #[test]
 fn bombs_are_refused_before_allocating() {
     let engine = Engine::load(&common::resnet18()).expect("load the test model");
-    let png = png_header(100_000, 100_000);
+    let png = png_declaring(100_000, 100_000);
     let jpeg = jpeg_header(65_000, 65_000);
     let limits = Limits::default();
 
@@ -117,7 +78,7 @@ fn bombs_are_refused_before_allocating() {
 
     // Control: the counter does see a decoder's image buffer. A 4,000 x 4,000 header within
     // the limits gets a 48 MB buffer before the (tiny) pixel data turns out to be missing.
-    let small_bomb = png_header(4_000, 4_000);
+    let small_bomb = png_declaring(4_000, 4_000);
     let before = LIVE.load(Ordering::SeqCst);
     PEAK.store(before, Ordering::SeqCst);
     let result = engine.prepare(&small_bomb, &limits);

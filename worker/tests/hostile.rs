@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use embatch_engine::{Engine, Limits};
+use embatch_localaws::sample::png_declaring;
 use embatch_records::manifest::ManifestLine;
 use embatch_records::reader::TableReader;
 use embatch_records::run::exit;

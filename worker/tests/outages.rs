@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::manifest::ManifestLine;
 use embatch_records::run::exit;
-use image::ImageFormat;
 
 mod common;
 use common::*;
@@ -24,24 +22,6 @@ const CONNECTION_REFUSED: &str = "Connection refused";
 
 /// Longest a child may take to give up on a dead dependency (the retry budgets are ~2 min).
 const GIVE_UP_WITHIN: Duration = Duration::from_secs(300);
-
-/// `n` distinct JPEGs and PNGs under `prefix/`, uploaded: their manifest lines and bytes.
-async fn upload(fx: &Fixture, prefix: &str, n: u32) -> (Vec<ManifestLine>, Vec<(String, Vec<u8>)>) {
-    let mut lines = Vec::new();
-    let mut images = Vec::new();
-    for i in 0..n {
-        let (format, ext) = if i % 2 == 0 {
-            (ImageFormat::Jpeg, "jpg")
-        } else {
-            (ImageFormat::Png, "png")
-        };
-        let bytes = encode(picture(56 + i % 13, 44 + i % 7, i), format);
-        let line = fx.put(&format!("{prefix}/{i:05}.{ext}"), &bytes).await;
-        images.push((line.image_id.clone(), bytes));
-        lines.push(line);
-    }
-    (lines, images)
-}
 
 /// A started worker whose stderr is being collected.
 struct Running {
@@ -160,7 +140,7 @@ async fn assert_rerun_completes(fx: &Fixture, images: &[(String, Vec<u8>)], skip
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_killed_mid_run_exits_75_and_a_rerun_after_its_restart_completes() {
     let mut fx = Fixture::new().await;
-    let (lines, images) = upload(&fx, "outage", 120).await;
+    let (lines, images) = upload_many(&fx, "outage", 120).await;
     fx.put_manifest(0, &lines).await;
 
     let mut running = start(fx.worker(0));
@@ -212,7 +192,7 @@ async fn emulator_killed_mid_run_exits_75_and_a_rerun_after_its_restart_complete
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload(&fx, "tabledown", 30).await;
+    let (lines, images) = upload_many(&fx, "tabledown", 30).await;
     fx.put_manifest(0, &lines).await;
     let proxy = FaultProxy::start(
         &fx.emulator.endpoint(),
@@ -249,7 +229,7 @@ async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload(&fx, "s3down", 12).await;
+    let (lines, images) = upload_many(&fx, "s3down", 12).await;
     fx.put_manifest(0, &lines).await;
     let proxy = FaultProxy::start(
         &fx.emulator.endpoint(),
@@ -291,7 +271,7 @@ async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_stalling_past_the_attempt_timeout_are_retried() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload(&fx, "stall", 24).await;
+    let (lines, images) = upload_many(&fx, "stall", 24).await;
     fx.put_manifest(0, &lines).await;
     let images_only = || Match::s3_get_under(&fx.bucket, "stall/");
     let silence = Duration::from_secs(60);

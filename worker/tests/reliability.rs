@@ -6,35 +6,11 @@
 //! (`cargo test --release -p embatch-worker --test reliability -- --nocapture`).
 
 use embatch_localaws::faults::{Fault, FaultCounts, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::manifest::ManifestLine;
 use embatch_records::report::ChildSummary;
 use embatch_records::run::exit;
-use image::ImageFormat;
 
 mod common;
 use common::*;
-
-/// `n` distinct JPEGs and PNGs under `prefix/`: their manifest lines and bytes.
-async fn upload_many(
-    fx: &Fixture,
-    prefix: &str,
-    n: u32,
-) -> (Vec<ManifestLine>, Vec<(String, Vec<u8>)>) {
-    let mut lines = Vec::new();
-    let mut images = Vec::new();
-    for i in 0..n {
-        let (format, ext) = if i % 2 == 0 {
-            (ImageFormat::Jpeg, "jpg")
-        } else {
-            (ImageFormat::Png, "png")
-        };
-        let bytes = encode(picture(48 + i % 17, 40 + i % 11, i), format);
-        let line = fx.put(&format!("{prefix}/{i:05}.{ext}"), &bytes).await;
-        images.push((line.image_id.clone(), bytes));
-        lines.push(line);
-    }
-    (lines, images)
-}
 
 /// One line for RELIABILITY.md.
 fn report(class: &str, images: usize, counts: &FaultCounts, summary: &ChildSummary) {

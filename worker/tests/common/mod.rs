@@ -251,3 +251,25 @@ pub fn run(mut command: Command) -> (ExitStatus, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `n` distinct JPEGs and PNGs under `prefix/`: their manifest lines and bytes.
+pub async fn upload_many(
+    fx: &Fixture,
+    prefix: &str,
+    n: u32,
+) -> (Vec<ManifestLine>, Vec<(String, Vec<u8>)>) {
+    let mut lines = Vec::new();
+    let mut images = Vec::new();
+    for i in 0..n {
+        let (format, ext) = if i % 2 == 0 {
+            (ImageFormat::Jpeg, "jpg")
+        } else {
+            (ImageFormat::Png, "png")
+        };
+        let bytes = encode(picture(48 + i % 17, 40 + i % 11, i), format);
+        let line = fx.put(&format!("{prefix}/{i:05}.{ext}"), &bytes).await;
+        images.push((line.image_id.clone(), bytes));
+        lines.push(line);
+    }
+    (lines, images)
+}
