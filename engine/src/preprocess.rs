@@ -26,19 +26,27 @@ pub struct Prepared {
 }
 
 /// Size of the shorter-side resize and the crop offset within it, torchvision style.
+///
+/// In `u64`: the resized longer side of an extreme aspect ratio does not fit a `u32`
+/// (a 16,777,216 x 1 image, within the default pixel limit, resizes to 4,294,967,296 x 256).
 pub(crate) fn geometry(w: u32, h: u32, spec: &ModelSpec) -> ResizeGeometry {
-    let s = spec.preprocess.resize_shorter_to;
+    let s = u64::from(spec.preprocess.resize_shorter_to);
+    let (w, h) = (u64::from(w), u64::from(h));
     let (rw, rh) = if w <= h {
-        (s, ((u64::from(s) * u64::from(h)) / u64::from(w)) as u32)
+        (s, s * h / w)
     } else {
-        (((u64::from(s) * u64::from(w)) / u64::from(h)) as u32, s)
+        (s * w / h, s)
     };
-    let (cw, ch) = (spec.preprocess.crop_width, spec.preprocess.crop_height);
-    let left = (f64::from(rw - cw) / 2.0).round_ties_even();
-    let top = (f64::from(rh - ch) / 2.0).round_ties_even();
+    let (cw, ch) = (
+        u64::from(spec.preprocess.crop_width),
+        u64::from(spec.preprocess.crop_height),
+    );
+    // The spec guarantees resize_shorter_to >= the crop, so neither difference is negative.
+    let left = ((rw - cw) as f64 / 2.0).round_ties_even();
+    let top = ((rh - ch) as f64 / 2.0).round_ties_even();
     ResizeGeometry {
         resized: (rw, rh),
-        crop: (left as u32, top as u32, cw, ch),
+        crop: (left as u64, top as u64, cw, ch),
     }
 }
 
@@ -46,9 +54,9 @@ pub(crate) fn geometry(w: u32, h: u32, spec: &ModelSpec) -> ResizeGeometry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ResizeGeometry {
     /// Size after the shorter-side resize.
-    pub resized: (u32, u32),
+    pub resized: (u64, u64),
     /// Crop box (left, top, width, height) in resized coordinates.
-    pub crop: (u32, u32, u32, u32),
+    pub crop: (u64, u64, u64, u64),
 }
 
 /// Resize, crop and normalise `img` into a tensor for `spec`.
@@ -59,10 +67,11 @@ pub(crate) fn preprocess(
 ) -> Result<Prepared, ImageError> {
     let g = geometry(img.width, img.height, spec);
     let (sx, sy) = (
-        f64::from(img.width) / f64::from(g.resized.0),
-        f64::from(img.height) / f64::from(g.resized.1),
+        f64::from(img.width) / g.resized.0 as f64,
+        f64::from(img.height) / g.resized.1 as f64,
     );
-    let (left, top, cw, ch) = g.crop;
+    let (left, top, _, _) = g.crop;
+    let (cw, ch) = (spec.preprocess.crop_width, spec.preprocess.crop_height);
     let src = ImageRef::new(img.width, img.height, &img.data, fr::PixelType::U8x3)
         .map_err(|e| ImageError::Corrupt(format!("decoded image buffer: {e}")))?;
     let mut dst = fr::images::Image::new(cw, ch, fr::PixelType::U8x3);
@@ -73,8 +82,8 @@ pub(crate) fn preprocess(
         Interpolation::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
     };
     let options = ResizeOptions::new().resize_alg(alg).crop(
-        f64::from(left) * sx,
-        f64::from(top) * sy,
+        left as f64 * sx,
+        top as f64 * sy,
         f64::from(cw) * sx,
         f64::from(ch) * sy,
     );
@@ -167,6 +176,23 @@ mod tests {
         );
         // Portrait 3000x4000 -> 256x341.
         assert_eq!(geometry(3000, 4000, &s).resized, (256, 341));
+    }
+
+    #[test]
+    fn geometry_of_extreme_aspect_ratios_does_not_overflow() {
+        let s = spec();
+        // 2^24 x 1 resizes to 2^32 x 256: one past u32::MAX.
+        assert_eq!(
+            geometry(1 << 24, 1, &s),
+            ResizeGeometry {
+                resized: (1 << 32, 256),
+                crop: ((1 << 31) - 112, 16, 224, 224)
+            }
+        );
+        assert_eq!(
+            geometry(1, u32::MAX, &s).resized,
+            (256, 256 * u64::from(u32::MAX))
+        );
     }
 
     #[test]

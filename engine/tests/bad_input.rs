@@ -197,3 +197,32 @@ fn error_kinds_are_stable() {
         assert_eq!(e.kind(), k);
     }
 }
+
+#[test]
+fn extreme_aspect_ratios_within_the_pixel_limit() {
+    // Found while choosing the fuzz target's limits (fuzz/README.md): a 2^24 x 1 image is
+    // within the default pixel limit, but its resized longer side, 256 x 2^24 = 2^32, did not
+    // fit the u32 of the resize geometry. It wrapped to 0 (release: a valid image reported
+    // "corrupt"; with overflow checks: a panic). Uniform gray, so every crop gives the same
+    // tensor.
+    for (w, h) in [(1u32 << 24, 1u32), (1, 1 << 24)] {
+        let mut png = Cursor::new(Vec::new());
+        image::GrayImage::from_pixel(w, h, image::Luma([128]))
+            .write_to(&mut png, image::ImageFormat::Png)
+            .unwrap();
+        let prepared = engine()
+            .prepare(png.get_ref(), &Limits::default())
+            .unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
+        assert_eq!((prepared.original_width, prepared.original_height), (w, h));
+        let spec = engine().spec();
+        let plane = prepared.tensor.len() / 3;
+        for (c, values) in prepared.tensor.chunks_exact(plane).enumerate() {
+            let p = &spec.preprocess;
+            let expected = (128.0 / p.scale - p.mean[c]) / p.std[c];
+            assert!(
+                values.iter().all(|v| (v - expected).abs() < 1e-5),
+                "{w}x{h} channel {c}"
+            );
+        }
+    }
+}
