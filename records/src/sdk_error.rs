@@ -41,7 +41,7 @@ mod tests {
     use aws_smithy_runtime_api::http::{Response, StatusCode};
     use aws_smithy_types::body::SdkBody;
 
-    const KEY_ID: &str = "AKIAEXAMPLEKEYID1234";
+    const KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 
     fn signature_mismatch() -> SdkError<GetObjectError> {
         let body = format!(

@@ -539,7 +539,7 @@ async fn trace_logs_never_print_the_credentials() {
     f.put_all(&f.bucket, &strings(&["photos/a.jpg"]), b"x")
         .await;
     let (key_id, secret) = (
-        "AKIAEMBATCHTESTKEY01",
+        "AKIAIOSFODNN7EXAMPLE",
         "embatchTestSecretKey0123456789abcdefGHIJ",
     );
     let mut args = f.submit_args();
