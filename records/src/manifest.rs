@@ -112,4 +112,14 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn not_utf8_inside_an_unknown_field_is_refused() {
+        // From the manifest_lines fuzz target: serde_json's from_slice (the worker's per-line
+        // parse) skips an unknown field's string without checking its UTF-8, so the worker
+        // accepts this line; parse_jsonl refuses the manifest, naming the line.
+        let line = b"{\"bucket\":\"b\",\"key\":\"k\",\"size\":1,\"etag\":\"e\",\"image_id\":\"i\",\"extra\":{\"a\":\"\x98\"}}\r\n";
+        let err = parse_jsonl(line, "m").unwrap_err();
+        assert_eq!((err.line, err.message.as_str()), (1, "not UTF-8"));
+    }
 }
