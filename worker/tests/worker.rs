@@ -219,25 +219,30 @@ async fn upload_many(fx: &Fixture, prefix: &str, n: u32) -> Vec<ManifestLine> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_then_a_rerun_stores_every_image_exactly_once() {
+async fn sigkill_at_three_points_then_a_rerun_stores_every_image_exactly_once() {
     let fx = Fixture::new().await;
     let lines = upload_many(&fx, "many", 160).await;
     fx.put_manifest(0, &lines).await;
 
-    let mut first = fx
-        .worker(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    fx.wait_until_stored(30, &mut first).await;
-    first.kill().unwrap(); // SIGKILL: no chance to flush
-    first.wait().unwrap();
-    let after_kill = fx.stored().await;
-    assert!(
-        after_kill < lines.len(),
-        "the kill came too late to test anything"
-    );
+    // SIGKILL (no chance to flush) once the table holds 1, then 40, then 100 vectors: right
+    // after the first write, and twice in the middle of re-runs that resumed.
+    let mut after_kill = 0;
+    for point in [1, 40, 100] {
+        let mut worker = fx
+            .worker(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        fx.wait_until_stored(point, &mut worker).await;
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+        after_kill = fx.stored().await;
+        assert!(
+            (point..lines.len()).contains(&after_kill),
+            "killed at {after_kill} stored, aiming at {point}: too late to test anything"
+        );
+    }
 
     let (status, stderr) = run(fx.worker(0));
     assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
