@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use embatch_engine::{Limits, ModelSpec};
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::manifest::ManifestLine;
 use embatch_records::reader::TableReader;
 use embatch_records::run::{env, exit};
 use image::ImageFormat;
@@ -208,20 +207,10 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
     assert_eq!(fx.stored().await, valid.len());
 }
 
-/// `n` small distinct JPEGs under `prefix/`; their manifest lines.
-async fn upload_many(fx: &Fixture, prefix: &str, n: u32) -> Vec<ManifestLine> {
-    let mut lines = Vec::new();
-    for i in 0..n {
-        let bytes = encode(picture(48 + i % 17, 40 + i % 11, i), ImageFormat::Jpeg);
-        lines.push(fx.put(&format!("{prefix}/{i:05}.jpg"), &bytes).await);
-    }
-    lines
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_three_points_then_a_rerun_stores_every_image_exactly_once() {
     let fx = Fixture::new().await;
-    let lines = upload_many(&fx, "many", 160).await;
+    let (lines, _) = upload_many(&fx, "many", 160).await;
     fx.put_manifest(0, &lines).await;
 
     // SIGKILL (no chance to flush) once the table holds 1, then 40, then 100 vectors: right
@@ -266,7 +255,7 @@ async fn sigkill_at_three_points_then_a_rerun_stores_every_image_exactly_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_143_promptly_with_every_computed_vector_flushed() {
     let fx = Fixture::new().await;
-    let lines = upload_many(&fx, "term", 400).await;
+    let (lines, _) = upload_many(&fx, "term", 400).await;
     fx.put_manifest(0, &lines).await;
 
     let log = tempfile::NamedTempFile::new().unwrap();
@@ -324,7 +313,7 @@ async fn sigterm_exits_143_promptly_with_every_computed_vector_flushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_s3_faults_and_mid_body_resets_are_retried_without_losing_an_image() {
     let fx = Fixture::new().await;
-    let lines = upload_many(&fx, "flaky", 24).await;
+    let (lines, _) = upload_many(&fx, "flaky", 24).await;
     fx.put_manifest(0, &lines).await;
     let proxy = FaultProxy::start(
         &fx.emulator.endpoint(),
