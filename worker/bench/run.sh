@@ -5,5 +5,6 @@
 #   worker/bench/run.sh --images 100 --runs 1 --rss-sizes ''   # quick check
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p embatch-worker
+# --workspace: the features scripts/test builds with, so nothing is rebuilt.
+cargo build --release --locked --workspace --bins
 exec .venv/bin/python worker/bench/bench.py "$@"
