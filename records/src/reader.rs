@@ -43,7 +43,6 @@
 //! # }
 //! ```
 
-use crate::sdk_error::describe;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -52,6 +51,7 @@ use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::Semaphore;
 
 use crate::retry::{is_transient_sdk_error, retry, RetryPolicy};
+use crate::sdk_error::describe;
 use crate::vector::{attr, ItemError, VectorRecord};
 use crate::writer::preview;
 

@@ -1,7 +1,6 @@
 //! Creating the vector table (tests, the local run; production tables come from the
 //! deployment templates with the same key schema).
 
-use crate::sdk_error::{causes, describe};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +9,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 
+use crate::sdk_error::{causes, describe};
 use crate::vector::attr;
 
 /// How long [`create_table`] waits for the table to become ACTIVE.

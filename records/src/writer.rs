@@ -28,7 +28,6 @@
 //! # Ok(()) }
 //! ```
 
-use crate::sdk_error::describe;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -39,6 +38,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 
 use crate::retry::{is_transient_sdk_error, RetryPolicy};
+use crate::sdk_error::describe;
 use crate::vector::{attr, VectorRecord};
 
 /// DynamoDB's limit on the requests in one `BatchWriteItem`.

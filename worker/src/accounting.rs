@@ -2,7 +2,6 @@
 //! counted here; failures go to a JSON Lines report, spooled to a temporary file so memory
 //! does not grow with the number of failures, and uploaded next to the run's manifests.
 
-use embatch_records::sdk_error::describe;
 use std::io::{BufWriter, Seek, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -12,6 +11,7 @@ use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
 use embatch_records::report::{ChildSummary, FailureLine};
 use embatch_records::s3uri::S3Uri;
+use embatch_records::sdk_error::describe;
 use indicatif::ProgressBar;
 use serde::Serialize;
 

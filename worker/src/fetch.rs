@@ -6,7 +6,6 @@
 //! permanent failure of that image only. The size limit is checked before downloading (the
 //! manifest's size, then `Content-Length`) and again while the body streams in.
 
-use embatch_records::sdk_error::{causes, describe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::{Bytes, BytesMut};
 use embatch_engine::ImageError;
 use embatch_records::retry::{is_transient_sdk_error, RetryPolicy};
+use embatch_records::sdk_error::{causes, describe};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 

@@ -2,7 +2,6 @@
 //! work starts (a malformed manifest is a configuration error, exit 2), then handed out line by
 //! line. Only the raw JSON Lines stay in memory, never a parsed line per image.
 
-use embatch_records::sdk_error::describe;
 use std::collections::HashMap;
 
 use anyhow::anyhow;
@@ -11,6 +10,7 @@ use bytes::Bytes;
 use embatch_records::manifest::{ManifestError, ManifestLine};
 use embatch_records::retry::{is_transient_sdk_error, RetryPolicy};
 use embatch_records::s3uri::S3Uri;
+use embatch_records::sdk_error::describe;
 
 use crate::Fatal;
 
