@@ -6,9 +6,8 @@
 //! RELIABILITY.md (`cargo test --release --workspace --locked --test outages -- --nocapture`).
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
@@ -22,46 +21,6 @@ const CONNECTION_REFUSED: &str = "Connection refused";
 
 /// Longest a child may take to give up on a dead dependency (the retry budgets are ~2 min).
 const GIVE_UP_WITHIN: Duration = Duration::from_secs(300);
-
-/// A started worker whose stderr is being collected.
-struct Running {
-    child: Child,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-fn start(mut command: Command) -> Running {
-    let mut child = command
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the worker starts");
-    let mut pipe = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        pipe.read_to_string(&mut text).unwrap();
-        text
-    });
-    Running { child, stderr }
-}
-
-impl Running {
-    /// Waits for the end, at most [`GIVE_UP_WITHIN`]: the status, the stderr, how long it took.
-    async fn finish(self) -> (ExitStatus, String, Duration) {
-        let started = Instant::now();
-        let pid = self.child.id();
-        let mut child = self.child;
-        let waited = tokio::time::timeout(
-            GIVE_UP_WITHIN,
-            tokio::task::spawn_blocking(move || child.wait()),
-        )
-        .await;
-        let Ok(status) = waited else {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("the worker did not end within {GIVE_UP_WITHIN:?}");
-        };
-        let status = status.unwrap().unwrap();
-        (status, self.stderr.join().unwrap(), started.elapsed())
-    }
-}
 
 /// Asserts the child gave up with 75, saying why (`cause` in its last log line), unharmed.
 fn assert_gave_up(status: ExitStatus, stderr: &str, cause: &str) {
@@ -149,7 +108,7 @@ async fn emulator_killed_mid_run_exits_75_and_a_rerun_after_its_restart_complete
     // so it is put back after the restart, with the images and the manifest).
     let survived = items(&fx).await;
     fx.emulator.crash();
-    let (status, stderr, gave_up_after) = running.finish().await;
+    let (status, stderr, gave_up_after) = running.finish(GIVE_UP_WITHIN).await;
     assert_gave_up(status, &stderr, CONNECTION_REFUSED);
 
     fx.emulator
@@ -206,7 +165,9 @@ async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
     )
     .unwrap();
 
-    let (status, stderr, took) = start(fx.worker_via(proxy.env(), 0)).finish().await;
+    let (status, stderr, took) = start(fx.worker_via(proxy.env(), 0))
+        .finish(GIVE_UP_WITHIN)
+        .await;
     let counts = proxy.counts();
     eprintln!(
         "RELIABILITY table-down: images={} BatchWriteItem={} injected={} exit={:?} gave_up_after_ms={}",
@@ -245,7 +206,7 @@ async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
 
     let mut command = fx.worker_via(proxy.env(), 0);
     command.args(["--fetch-attempts", "3"]);
-    let (status, stderr, took) = start(command).finish().await;
+    let (status, stderr, took) = start(command).finish(GIVE_UP_WITHIN).await;
     let counts = proxy.counts();
     let stored = fx.stored().await;
     eprintln!(
@@ -290,7 +251,7 @@ async fn downloads_stalling_past_the_attempt_timeout_are_retried() {
 
     let mut command = fx.worker_via(proxy.env(), 0);
     command.args(["--attempt-timeout-secs", "2"]);
-    let (status, stderr, took) = start(command).finish().await;
+    let (status, stderr, took) = start(command).finish(GIVE_UP_WITHIN).await;
     let counts = proxy.counts();
     eprintln!(
         "RELIABILITY s3-stalls: images={} GETs={} injected={} by_kind={:?} exit={:?} took_ms={}",

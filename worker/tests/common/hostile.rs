@@ -6,7 +6,7 @@
 //! parity test checks against PIL.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -15,7 +15,7 @@ use embatch_localaws::python;
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{DynamicImage, Frame, ImageBuffer, ImageFormat, Rgb, RgbImage};
 
-use super::{encode, picture};
+use super::{encode, picture, start};
 
 /// A real 16 x 16 JPEG whose frame header (SOF0) is patched to declare `w` x `h`. The fields
 /// are 16-bit: 65,535 x 65,535 is the most a JPEG can declare.
@@ -139,17 +139,9 @@ m.picture(480, 360, 8).convert("CMYK").save(out / "cmyk.jpg", quality=92)
 /// Runs `command` to its end; returns its exit status, its stderr, and its peak resident set
 /// size in bytes (`ru_maxrss` from `wait4` on its pid: this process alone, not its children).
 pub fn run_measured(mut command: Command) -> (ExitStatus, String, u64) {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the worker starts");
-    let mut pipe = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = Vec::new();
-        pipe.read_to_end(&mut text).unwrap();
-        String::from_utf8_lossy(&text).into_owned()
-    });
+    command.stdout(Stdio::null());
+    let running = start(command);
+    let child = &running.child;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: plain out-parameters; `rusage` is valid when zeroed.
@@ -166,9 +158,8 @@ pub fn run_measured(mut command: Command) -> (ExitStatus, String, u64) {
             "wait4({pid}): {error}"
         );
     }
-    // The child is reaped: `child` must not be waited for again (dropping it does not).
-    drop(child);
-    let stderr = reader.join().unwrap();
+    // The child is reaped: it must not be waited for again (dropping it does not).
+    let stderr = running.stderr();
     // Linux reports ru_maxrss in KiB.
     let peak = u64::try_from(usage.ru_maxrss).unwrap() * 1024;
     (ExitStatus::from_raw(status), stderr, peak)

@@ -4,7 +4,7 @@
 
 pub mod hostile;
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -272,4 +272,49 @@ pub async fn upload_many(
         lines.push(line);
     }
     (lines, images)
+}
+
+/// A started worker whose stderr is being collected (on a thread, so a full pipe never
+/// blocks it).
+pub struct Running {
+    pub child: Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts `command` with its stderr collected.
+pub fn start(mut command: Command) -> Running {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the worker starts");
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        pipe.read_to_end(&mut bytes).unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    Running { child, stderr }
+}
+
+impl Running {
+    /// Waits for the end, at most `limit` (then kills it and fails the test): the status, the
+    /// stderr, and how long this wait took.
+    pub async fn finish(self, limit: Duration) -> (ExitStatus, String, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id();
+        let mut child = self.child;
+        let waited =
+            tokio::time::timeout(limit, tokio::task::spawn_blocking(move || child.wait())).await;
+        let Ok(status) = waited else {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the worker did not end within {limit:?}");
+        };
+        let status = status.unwrap().unwrap();
+        (status, self.stderr.join().unwrap(), started.elapsed())
+    }
+
+    /// The collected stderr, once the child has ended (its pipe closed).
+    pub fn stderr(self) -> String {
+        self.stderr.join().unwrap()
+    }
 }
