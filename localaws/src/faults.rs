@@ -61,6 +61,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::iam::{self, access_denied, Iam, WireRequest};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ProxyBody = BoxBody<Bytes, BoxError>;
 
@@ -264,6 +266,7 @@ pub struct FaultProxy {
 struct State {
     upstream: String,
     plan: FaultPlan,
+    iam: Option<Arc<Iam>>,
     client: Client<HttpConnector, Full<Bytes>>,
     book: Mutex<Book>,
 }
@@ -287,6 +290,16 @@ impl FaultProxy {
     /// Starts a proxy on a free 127.0.0.1 port forwarding to `upstream`
     /// (`http://127.0.0.1:<port>`, e.g. [`crate::Emulator::endpoint`]).
     pub fn start(upstream: &str, plan: FaultPlan) -> anyhow::Result<Self> {
+        Self::start_with(upstream, plan, None)
+    }
+
+    /// Like [`FaultProxy::start`], and every request is first authorised by `iam` (see
+    /// [`crate::iam`]): a denied one is answered AccessDenied and never forwarded.
+    pub fn with_iam(upstream: &str, plan: FaultPlan, iam: Arc<Iam>) -> anyhow::Result<Self> {
+        Self::start_with(upstream, plan, Some(iam))
+    }
+
+    fn start_with(upstream: &str, plan: FaultPlan, iam: Option<Arc<Iam>>) -> anyhow::Result<Self> {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the fault proxy")?;
         listener.set_nonblocking(true)?;
@@ -302,6 +315,7 @@ impl FaultProxy {
                 ..Book::default()
             }),
             plan,
+            iam,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -460,7 +474,26 @@ impl State {
         };
 
         let dynamodb = seen.operation.is_some();
+        if let Some(iam) = &self.iam {
+            let wire = WireRequest {
+                method: &parts.method,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                body: &body,
+            };
+            let authorized = iam.authorize(&wire);
+            if !authorized.allowed() {
+                let service = iam::signer(&parts.headers).map(|(_, service)| service);
+                return Ok(full_response(access_denied(
+                    service.as_deref(),
+                    &parts.method,
+                    &authorized,
+                )));
+            }
+        }
         match chosen {
+            None if self.iam.is_some() => self.forward_enforced(parts, body).await,
             None => self.forward(parts, body).await.map(full_response),
             Some((Fault::Status(status), _)) => Ok(error_answer(dynamodb, status, false)),
             Some((Fault::Throttle, _)) => Ok(error_answer(dynamodb, 0, true)),
@@ -488,6 +521,38 @@ impl State {
                     .await
             }
         }
+    }
+
+    /// Forwards an authorised request; a 404 on an S3 object becomes 403 when the caller may
+    /// not list the key (S3's rule: without `s3:ListBucket`, a missing key is access denied).
+    async fn forward_enforced(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> anyhow::Result<Response<ProxyBody>> {
+        let iam = self.iam.as_ref().expect("called with IAM enforcement");
+        let method = parts.method.clone();
+        let headers = parts.headers.clone();
+        let path = parts.uri.path().to_string();
+        let response = self.forward(parts, body).await?;
+        let object = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .filter(|(_, key)| !key.is_empty());
+        let s3 = iam::signer(&headers).is_some_and(|(_, service)| service == "s3");
+        if let (true, StatusCode::NOT_FOUND, Some((bucket, key)), true) = (
+            s3,
+            response.status(),
+            object,
+            method == Method::GET || method == Method::HEAD,
+        ) {
+            let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            let visible = iam.missing_key(&headers, bucket, &key);
+            if !visible.allowed() {
+                return Ok(full_response(access_denied(Some("s3"), &method, &visible)));
+            }
+        }
+        Ok(full_response(response))
     }
 
     /// Forwards a request upstream and returns the whole answer.

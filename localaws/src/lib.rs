@@ -6,6 +6,7 @@
 //! - [`emulator`]: the AWS emulator (moto server) on a free 127.0.0.1 port, and aws-sdk config for it.
 //! - [`faults`]: a fault-injecting HTTP proxy in front of the emulator (throttling, unprocessed
 //!   batch items, 5xx, dropped connections, delays), with counters of what it injected.
+//! - [`iam`]: IAM enforced on the proxy's requests, as AWS would (the emulator enforces none).
 //! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random weights.
 //!
 //! Nothing here is used by the deployed worker or submitter.
@@ -14,6 +15,7 @@ pub mod batch;
 pub mod bins;
 pub mod emulator;
 pub mod faults;
+pub mod iam;
 pub mod python;
 pub mod sample;
 pub mod test_model;
