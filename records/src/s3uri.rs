@@ -53,6 +53,23 @@ impl S3Uri {
     }
 }
 
+/// A key as `ListObjectsV2` returns it with `EncodingType=url`: percent-encoded, with a space
+/// as `+` (S3's form encoding). Listing in that mode is what keeps a key holding characters
+/// XML 1.0 cannot carry (control characters, and CR, which XML parsers normalise) intact.
+///
+/// ```
+/// use embatch_records::s3uri::decode_listed_key;
+/// assert_eq!(decode_listed_key("a+b%2B%25%0D%01.jpg").unwrap(), "a b+%\r\u{1}.jpg");
+/// ```
+pub fn decode_listed_key(encoded: &str) -> Result<String, S3UriError> {
+    percent_encoding::percent_decode_str(&encoded.replace('+', " "))
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|_| S3UriError {
+            input: encoded.to_string(),
+        })
+}
+
 impl std::str::FromStr for S3Uri {
     type Err = S3UriError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -4,7 +4,8 @@
 //! [`submit`] runs the stages in order, and nothing is written or submitted before every
 //! check has passed:
 //! 1. [`event`]: resolve the `{"Paths": [...]}` event to S3 prefixes;
-//! 2. [`preflight`]: the buckets, job queue, job definition and table exist;
+//! 2. [`preflight`]: the paths are readable by the job role and listable, the job queue,
+//!    job definition and table exist;
 //! 3. [`listing`]: list every prefix (all pages, concurrently), keep images once each;
 //! 4. [`plan`]: assign ImageIds (refusing collisions), chunk into manifests, split into jobs;
 //! 5. [`submission`]: write the manifests, submit the jobs, write `run.json`.
@@ -68,6 +69,8 @@ pub struct SubmitOptions {
     pub extensions: ExtensionFilter,
     /// vCPU-seconds per image for the estimate.
     pub seconds_per_image: f64,
+    /// The prefixes the job role can read; when given, a path outside them is refused.
+    pub readable_prefixes: Option<Vec<S3Uri>>,
     /// Plan only: list and count, write and submit nothing.
     pub dry_run: bool,
 }
@@ -148,11 +151,11 @@ pub async fn submit(
     let roots = event.resolve(options.bucket.as_deref())?;
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
 
-    let buckets = roots
-        .iter()
-        .map(|r| r.bucket.as_str())
-        .chain([runs.bucket.as_str()]);
-    preflight::check_buckets(&clients.s3, buckets).await?;
+    if let Some(readable) = &options.readable_prefixes {
+        preflight::check_readable(&roots, readable)?;
+    }
+    let listable: Vec<S3Uri> = roots.iter().chain([&runs]).cloned().collect();
+    preflight::check_listable(&clients.s3, &listable).await?;
     preflight::check_job_queue(&clients.batch, &options.job_queue).await?;
     preflight::check_job_definition(&clients.batch, &options.job_definition).await?;
     preflight::check_table(&clients.dynamodb, &options.table).await?;

@@ -7,7 +7,9 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use embatch_records::s3uri::S3Uri;
+use aws_sdk_s3::types::EncodingType;
+use embatch_records::s3uri::{decode_listed_key, S3Uri};
+use embatch_records::sdk_error::describe;
 
 /// Extensions listed as images unless `--extensions` says otherwise.
 pub const DEFAULT_EXTENSIONS: &[&str] =
@@ -143,7 +145,9 @@ pub async fn list_images(
     Ok(Listing { images, stats })
 }
 
-/// Every object under one prefix, and the number of pages it took.
+/// Every object under one prefix, and the number of pages it took. Keys are listed
+/// URL-encoded (`EncodingType=url`) and decoded here: one key with a character XML cannot
+/// carry would otherwise make its whole page unparseable.
 async fn list_prefix(
     s3: &aws_sdk_s3::Client,
     root: &S3Uri,
@@ -153,18 +157,28 @@ async fn list_prefix(
         .bucket(&root.bucket)
         .prefix(&root.key)
         .max_keys(PAGE_SIZE)
+        .encoding_type(EncodingType::Url)
         .into_paginator()
         .send();
     let mut objects = Vec::new();
     let mut count = 0u64;
+    let mut siblings = Siblings::default();
     while let Some(page) = pages.next().await {
-        let page = page.with_context(|| format!("listing {root}"))?;
+        let page = page
+            .map_err(|e| anyhow::anyhow!("{}", describe(&e)))
+            .with_context(|| format!("listing {root}"))?;
         count += 1;
         for object in page.contents() {
-            let Some(key) = object.key() else { continue };
+            let Some(encoded) = object.key() else {
+                continue;
+            };
+            let key = decode_listed_key(encoded).with_context(|| {
+                format!("listing {root}: key {encoded:?} is not URL-encoded UTF-8")
+            })?;
+            siblings.see(root, &key);
             objects.push(ListedImage {
                 bucket: root.bucket.clone(),
-                key: key.to_string(),
+                key,
                 size: object.size().unwrap_or(0).max(0) as u64,
                 etag: object
                     .e_tag()
@@ -176,5 +190,41 @@ async fn list_prefix(
         tracing::debug!(%root, page = count, objects = objects.len(), "listed a page");
     }
     tracing::info!(%root, objects = objects.len(), pages = count, "listed");
+    siblings.warn(root);
     Ok((objects, count))
+}
+
+/// Keys a prefix without a trailing slash matched outside the folder of the same name
+/// (`images` matches `images/a.jpg` and also `images-old/b.jpg`).
+#[derive(Default)]
+struct Siblings {
+    in_folder: u64,
+    outside: u64,
+    example: Option<String>,
+}
+
+impl Siblings {
+    fn see(&mut self, root: &S3Uri, key: &str) {
+        if root.key.is_empty() || root.key.ends_with('/') {
+            return;
+        }
+        match key.strip_prefix(&root.key) {
+            Some(rest) if rest.starts_with('/') => self.in_folder += 1,
+            Some(rest) if !rest.is_empty() => {
+                self.outside += 1;
+                self.example.get_or_insert_with(|| key.to_string());
+            }
+            _ => {}
+        }
+    }
+
+    fn warn(&self, root: &S3Uri) {
+        if self.in_folder > 0 && self.outside > 0 {
+            tracing::warn!(
+                "path {root} has no trailing slash: it is a key prefix, and besides the folder {root}/ it matched {} object(s) outside it (e.g. {:?}); write {root}/ to embed only that folder",
+                self.outside,
+                self.example.as_deref().unwrap_or_default()
+            );
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! `embatch`: submit a run of image embeddings to AWS Batch, and follow it.
 //!
-//! Exit codes: 0 done (status: every child SUCCEEDED); 1 an AWS or I/O error; 2 bad input
-//! (nothing was written or submitted); 3 status: the run is still going; 4 status: the run
-//! finished with FAILED children.
+//! Exit codes: 0 done (status: every child SUCCEEDED and no image failed, or
+//! `--allow-failed-images`); 1 an AWS or I/O error; 2 bad input (nothing was written or
+//! submitted); 3 status: the run is still going; 4 status: the run finished with FAILED
+//! children; 5 status: every child SUCCEEDED but some images failed (see the failure reports).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -88,6 +89,16 @@ struct SubmitArgs {
     /// decode cost of a large JPEG on one core).
     #[arg(long, default_value_t = embatch_submitter::DEFAULT_SECONDS_PER_IMAGE)]
     seconds_per_image: f64,
+    /// The S3 prefixes the job role can read, comma-separated s3:// URIs (from the stack:
+    /// s3://BucketName/ImagePrefix for each of ImagePrefixes). A path outside them is refused
+    /// before anything is written.
+    #[arg(
+        long,
+        env = "EMBATCH_READABLE_PREFIXES",
+        value_delimiter = ',',
+        value_name = "S3_URIS"
+    )]
+    readable_prefixes: Option<Vec<S3Uri>>,
     /// List and plan only; write and submit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -109,6 +120,9 @@ struct StatusArgs {
     /// Seconds between refreshes with --watch.
     #[arg(long, default_value_t = 30)]
     interval: u64,
+    /// Exit 0 when every child succeeded even if some images failed (corrupt, missing, ...).
+    #[arg(long)]
+    allow_failed_images: bool,
 }
 
 #[tokio::main]
@@ -161,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 image_id: args.image_id,
                 extensions: ExtensionFilter::new(&args.extensions),
                 seconds_per_image: args.seconds_per_image,
+                readable_prefixes: args.readable_prefixes,
                 dry_run: args.dry_run,
             };
             let summary = submit(&clients, &event, &options).await?;
@@ -182,13 +197,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
             };
             println!("{}", serde_json::to_string_pretty(&state)?);
-            Ok(if state.succeeded {
-                ExitCode::SUCCESS
-            } else if state.finished {
-                ExitCode::from(4)
-            } else {
-                ExitCode::from(3)
-            })
+            let images_failed = state.reports.failed.max(state.reports.failure_lines) > 0;
+            Ok(
+                if state.succeeded && (!images_failed || args.allow_failed_images) {
+                    ExitCode::SUCCESS
+                } else if state.succeeded {
+                    ExitCode::from(5)
+                } else if state.finished {
+                    ExitCode::from(4)
+                } else {
+                    ExitCode::from(3)
+                },
+            )
         }
     }
 }

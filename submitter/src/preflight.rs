@@ -1,38 +1,89 @@
-//! Checks made before anything is written or submitted: the buckets, the job queue, the job
-//! definition and the table exist.
+//! Checks made before anything is written or submitted: the paths are readable by the job role
+//! and listable by the caller, the job queue, the job definition and the table exist.
 
 use anyhow::Context;
 use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
-use aws_sdk_s3::operation::head_bucket::HeadBucketError;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
+use aws_sdk_s3::types::EncodingType;
+use embatch_records::s3uri::S3Uri;
+use embatch_records::sdk_error::describe;
 
 use crate::InputError;
 
-/// Every bucket answers HeadBucket.
-pub async fn check_buckets<'a>(
-    s3: &aws_sdk_s3::Client,
-    buckets: impl IntoIterator<Item = &'a str>,
-) -> anyhow::Result<()> {
-    let mut seen: Vec<&str> = Vec::new();
-    for bucket in buckets {
-        if seen.contains(&bucket) {
+/// Every path lies inside one of the prefixes the job role can read: a path outside them would
+/// be listed, and then every one of its images would fail as `access_denied` in the workers.
+pub fn check_readable(paths: &[S3Uri], readable: &[S3Uri]) -> Result<(), InputError> {
+    let inside = |path: &S3Uri| {
+        readable
+            .iter()
+            .any(|r| r.bucket == path.bucket && path.key.starts_with(&r.key))
+    };
+    let Some(outside) = paths.iter().find(|p| !inside(p)) else {
+        return Ok(());
+    };
+    let allowed: Vec<String> = readable.iter().map(S3Uri::to_string).collect();
+    let slash = readable
+        .iter()
+        .any(|r| r.bucket == outside.bucket && r.key == format!("{}/", outside.key));
+    let hint = if slash {
+        format!(
+            " A path without a trailing slash is a key prefix ({outside} also matches {outside}-old/...): write {outside}/."
+        )
+    } else {
+        String::new()
+    };
+    Err(InputError(format!(
+        "path {outside} is outside the prefixes the job role can read ({}); its images would all fail as access_denied. Submit paths inside them, or grant the job role s3:GetObject there (the stack's ImagePrefixes).{hint}",
+        allowed.join(", ")
+    )))
+}
+
+/// Every prefix can be listed: one `ListObjectsV2` of at most one key under each. The same
+/// permission the run needs (`s3:ListBucket` with `s3:prefix` = the prefix), unlike
+/// `HeadBucket`, which AWS authorises as `s3:ListBucket` without a prefix and so fails under a
+/// policy that grants listing only below some prefixes.
+pub async fn check_listable(s3: &aws_sdk_s3::Client, prefixes: &[S3Uri]) -> anyhow::Result<()> {
+    let mut seen: Vec<&S3Uri> = Vec::new();
+    for prefix in prefixes {
+        if seen.contains(&prefix) {
             continue;
         }
-        seen.push(bucket);
-        match s3.head_bucket().bucket(bucket).send().await {
-            Ok(_) => {}
-            Err(e) => {
-                let status = e.raw_response().map(|r| r.status().as_u16());
-                if matches!(e.as_service_error(), Some(HeadBucketError::NotFound(_)))
-                    || status == Some(404)
-                {
-                    return Err(InputError(format!("bucket {bucket:?} does not exist")).into());
-                }
-                if status == Some(403) {
-                    return Err(InputError(format!("no access to bucket {bucket:?}")).into());
-                }
-                return Err(anyhow::Error::new(e).context(format!("checking bucket {bucket:?}")));
-            }
+        seen.push(prefix);
+        let mut request = s3
+            .list_objects_v2()
+            .bucket(&prefix.bucket)
+            .max_keys(1)
+            .encoding_type(EncodingType::Url);
+        if !prefix.key.is_empty() {
+            request = request.prefix(&prefix.key);
         }
+        let Err(e) = request.send().await else {
+            continue;
+        };
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        if matches!(
+            e.as_service_error(),
+            Some(ListObjectsV2Error::NoSuchBucket(_))
+        ) || status == Some(404)
+        {
+            return Err(InputError(format!("bucket {:?} does not exist", prefix.bucket)).into());
+        }
+        if status == Some(403) {
+            let hint = if !prefix.key.is_empty() && !prefix.key.ends_with('/') {
+                format!(
+                    " (a policy that grants {0}/* does not grant {0}: write the path as {0}/)",
+                    prefix.key
+                )
+            } else {
+                String::new()
+            };
+            return Err(InputError(format!(
+                "access denied listing {prefix}: these credentials lack s3:ListBucket on bucket {:?} with prefix {:?}{hint}",
+                prefix.bucket, prefix.key
+            ))
+            .into());
+        }
+        return Err(anyhow::anyhow!("listing {prefix}: {}", describe(&e)));
     }
     Ok(())
 }
@@ -99,5 +150,35 @@ pub async fn check_table(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> an
             Err(InputError(format!("table {table:?} does not exist")).into())
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("checking table {table:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(s: &str) -> S3Uri {
+        S3Uri::parse(s).unwrap()
+    }
+
+    #[test]
+    fn paths_must_lie_inside_a_readable_prefix() {
+        let readable = [uri("s3://b/images/"), uri("s3://b/more/images/")];
+        assert!(check_readable(
+            &[uri("s3://b/images/"), uri("s3://b/more/images/2024/")],
+            &readable
+        )
+        .is_ok());
+        let err = check_readable(&[uri("s3://other/photos/")], &readable).unwrap_err();
+        assert!(
+            err.0.contains("path s3://other/photos/ is outside"),
+            "{err}"
+        );
+        assert!(
+            err.0.contains("s3://b/images/, s3://b/more/images/"),
+            "{err}"
+        );
+        let err = check_readable(&[uri("s3://b/images")], &readable).unwrap_err();
+        assert!(err.0.contains("write s3://b/images/"), "{err}");
     }
 }

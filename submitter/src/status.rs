@@ -287,16 +287,18 @@ async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Re
         .bucket(&prefix.bucket)
         .prefix(&prefix.key)
         .max_keys(crate::listing::PAGE_SIZE)
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
         .into_paginator()
         .send();
     let mut keys = Vec::new();
     while let Some(page) = pages.next().await {
         let page = page.with_context(|| format!("listing {prefix}"))?;
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
+        for encoded in page.contents().iter().filter_map(|o| o.key()) {
+            keys.push(
+                embatch_records::s3uri::decode_listed_key(encoded)
+                    .with_context(|| format!("listing {prefix}"))?,
+            );
+        }
     }
 
     let reports: Vec<Report> = futures::stream::iter(keys)

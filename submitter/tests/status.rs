@@ -64,12 +64,17 @@ async fn status_sums_the_reports_of_succeeded_children() {
     line.push(b'\n');
     f.put(&uri.bucket, &uri.key, line).await;
 
-    // Found by run id and also by the run's folder.
+    // Found by run id and also by the run's folder. An image failed: exit 5, unless failed
+    // images are accepted.
     for status in [
         status.clone(),
         strings(&["status", summary["run_uri"].as_str().unwrap()]),
     ] {
         let out = f.embatch(&status, None).await;
+        assert_eq!(out.code, 5, "{}", out.stderr);
+        let mut accepting = status.clone();
+        accepting.push("--allow-failed-images".into());
+        let out = f.embatch(&accepting, None).await;
         assert_eq!(out.code, 0, "{}", out.stderr);
         let s = out.json();
         assert_eq!(s["succeeded"], true);
@@ -92,7 +97,7 @@ async fn status_sums_the_reports_of_succeeded_children() {
     // --watch returns at once on a finished run.
     let mut watch = status.clone();
     watch.extend(strings(&["--watch", "--interval", "1"]));
-    assert_eq!(f.embatch(&watch, None).await.code, 0);
+    assert_eq!(f.embatch(&watch, None).await.code, 5);
 }
 
 #[tokio::test]
