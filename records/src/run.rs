@@ -28,6 +28,8 @@ pub mod env {
     pub const ARRAY_INDEX: &str = "AWS_BATCH_JOB_ARRAY_INDEX";
     /// Set by AWS Batch: the job id (`<array job id>:<index>` for array children).
     pub const JOB_ID: &str = "AWS_BATCH_JOB_ID";
+    /// Set by the job definition: the job role's ARN, named when access is denied.
+    pub const JOB_ROLE_ARN: &str = "EMBATCH_JOB_ROLE_ARN";
 }
 
 /// Worker exit codes, matched by the job definition's retry strategy.

@@ -42,6 +42,10 @@ pub struct Config {
     #[arg(long, env = env::JOB_ID)]
     pub job_id: Option<String>,
 
+    /// The job role's ARN (set by the job definition), named in access-denied errors.
+    #[arg(long, env = env::JOB_ROLE_ARN, value_name = "ARN")]
+    pub job_role_arn: Option<String>,
+
     /// The DynamoDB table vectors are written to.
     #[arg(long, env = env::TABLE)]
     pub table: String,
@@ -152,6 +156,14 @@ impl Config {
     /// Inference threads, defaulting to the number of cores.
     pub fn infer_threads(&self) -> usize {
         self.infer_threads.map_or_else(cores, |n| n as usize)
+    }
+
+    /// The job role, for error messages: its ARN, or "the job role" when unknown.
+    pub fn role(&self) -> String {
+        self.job_role_arn.as_deref().map_or_else(
+            || "the job role".to_string(),
+            |arn| format!("the job role {arn}"),
+        )
     }
 
     /// See `--attempt-timeout-secs`.

@@ -24,6 +24,9 @@ use crate::manifest::WorkItem;
 use crate::shutdown::{Stop, StopReason};
 use crate::Fatal;
 
+/// The failure kind of an image the role may not read.
+const ACCESS_DENIED: &str = "access_denied";
+
 /// The budget is counted in units of this many bytes (semaphore permits are `u32`).
 const BUDGET_UNIT: u64 = 1024;
 
@@ -54,12 +57,56 @@ pub enum FetchError {
     },
     /// S3 kept failing after the retries: the child cannot finish.
     Infrastructure(anyhow::Error),
+    /// The role cannot read the images (see [`DeniedRun`]): retrying the child cannot help.
+    Forbidden(anyhow::Error),
+}
+
+/// How many GETs in a row answered access denied end the child (exit 2) instead of recording
+/// one `access_denied` failure per image: a whole path the job role cannot read (outside its
+/// prefixes, a KMS key it may not use, a Requester Pays bucket) is a configuration error.
+pub const DENIED_RUN: u64 = 16;
+
+/// Counts GETs denied in a row (in completion order; any successful GET resets it). The child
+/// fails when the count reaches `min(DENIED_RUN, images in the manifest)`: so a manifest
+/// whose images are all denied fails, and so does any run of 16 denials.
+#[derive(Debug)]
+pub struct DeniedRun {
+    limit: u64,
+    run: std::sync::atomic::AtomicU64,
+    role: String,
+}
+
+impl DeniedRun {
+    /// The rule for a manifest of `images` lines, naming `role` in the error.
+    pub fn new(images: u64, role: String) -> Self {
+        Self {
+            limit: DENIED_RUN.min(images).max(1),
+            run: Default::default(),
+            role,
+        }
+    }
+
+    fn allowed(&self) {
+        self.run.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a denied GET of `uri`; the error that ends the child once the run is long enough.
+    fn denied(&self, uri: &str, bucket: &str) -> Option<anyhow::Error> {
+        let run = 1 + self.run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (run == self.limit).then(|| {
+            anyhow!(
+                "access denied to {run} images in a row (the last: {uri}): {} cannot read them in s3://{bucket}/. Grant it s3:GetObject there (the stack's ImagePrefixes), or submit only paths it can read",
+                self.role
+            )
+        })
+    }
 }
 
 /// Downloads images.
 #[derive(Clone, Debug)]
 pub struct Fetcher {
     s3: aws_sdk_s3::Client,
+    denied: Arc<DeniedRun>,
     max_bytes: u64,
     stall_timeout: Duration,
     policy: RetryPolicy,
@@ -79,6 +126,7 @@ impl Fetcher {
     /// a download that receives nothing for `stall_timeout`.
     pub fn new(
         s3: aws_sdk_s3::Client,
+        denied: DeniedRun,
         max_bytes: u64,
         budget_bytes: u64,
         stall_timeout: Duration,
@@ -89,6 +137,7 @@ impl Fetcher {
             .clamp(1, Semaphore::MAX_PERMITS as u32);
         Fetcher {
             s3,
+            denied: Arc::new(denied),
             max_bytes,
             stall_timeout,
             policy,
@@ -151,6 +200,15 @@ impl Fetcher {
             }
         };
         StageTimes::add(&times.fetch, started.elapsed());
+        match &result {
+            Ok(_) => self.denied.allowed(),
+            Err(FetchError::Image { item, kind, .. }) if *kind == ACCESS_DENIED => {
+                if let Some(e) = self.denied.denied(&item.line.uri(), &item.line.bucket) {
+                    return Err(FetchError::Forbidden(e));
+                }
+            }
+            Err(_) => {}
+        }
         result
     }
 
@@ -247,12 +305,12 @@ fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
     let status = error.raw_response().map(|r| r.status().as_u16());
     let kind = match (error.as_service_error(), status) {
         (Some(GetObjectError::NoSuchKey(_)), _) | (_, Some(404)) => "not_found",
-        (_, Some(403)) => "access_denied",
+        (_, Some(403)) => ACCESS_DENIED,
         _ => "s3_error",
     };
     let message = match kind {
         "not_found" => format!("{uri} does not exist"),
-        "access_denied" => format!("{uri}: access denied"),
+        ACCESS_DENIED => format!("{uri}: access denied"),
         _ => format!("{uri}: {}", describe(&error)),
     };
     Attempt::Permanent((kind, message))
@@ -299,6 +357,9 @@ pub async fn run(
                 }) => tally.fail(&item, kind, message),
                 Err(FetchError::Infrastructure(e)) => {
                     stop.stop(StopReason::Failed(Fatal::Transient(e)));
+                }
+                Err(FetchError::Forbidden(e)) => {
+                    stop.stop(StopReason::Failed(Fatal::Permanent(e)));
                 }
             }
         });

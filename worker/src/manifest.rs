@@ -43,10 +43,12 @@ pub struct Manifest {
 impl Manifest {
     /// Downloads `uri`. A missing manifest or a malformed line is [`Fatal::Permanent`];
     /// S3 failing past the retry budget is [`Fatal::Transient`].
+    /// Access denied is permanent too, naming `role`.
     pub async fn download(
         s3: &aws_sdk_s3::Client,
         uri: &S3Uri,
         policy: &RetryPolicy,
+        role: &str,
     ) -> Result<Manifest, Fatal> {
         let bytes = embatch_records::retry::retry(policy, Attempt::is_transient, || async {
             let response = s3
@@ -57,12 +59,14 @@ impl Manifest {
                 .await
                 .map_err(|e| {
                     let transient = is_transient_sdk_error(&e);
+                    let status = e.raw_response().map(|r| r.status().as_u16());
                     let missing =
                         matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
-                            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+                            || status == Some(404);
                     Attempt::Failed {
                         transient,
                         missing,
+                        denied: status == Some(403),
                         message: describe(&e),
                     }
                 })?;
@@ -70,6 +74,7 @@ impl Manifest {
             let body = response.body.collect().await.map_err(|e| Attempt::Failed {
                 transient: true,
                 missing: false,
+                denied: false,
                 message: format!("reading the body: {e}"),
             })?;
             Ok(body.into_bytes())
@@ -79,6 +84,9 @@ impl Manifest {
             Attempt::Failed { missing: true, .. } => {
                 Fatal::Permanent(anyhow!("manifest {uri} does not exist"))
             }
+            Attempt::Failed { denied: true, .. } => Fatal::Permanent(anyhow!(
+                "access denied reading manifest {uri}: {role} needs s3:GetObject on the run's manifests"
+            )),
             Attempt::Failed {
                 transient: true,
                 message,
@@ -189,6 +197,7 @@ enum Attempt {
     Failed {
         transient: bool,
         missing: bool,
+        denied: bool,
         message: String,
     },
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::accounting::{self, Counts, Tally};
 use crate::config::Config;
-use crate::fetch::Fetcher;
+use crate::fetch::{DeniedRun, Fetcher};
 use crate::infer::{Embedder, Provenance};
 use crate::manifest::Manifest;
 use crate::resume::Current;
@@ -86,9 +86,10 @@ async fn run_inner(
             .map_or(EngineOptions::default().batch, |b| b as usize),
     };
     let load = tokio::task::spawn_blocking(move || Engine::load_with(&spec, options));
+    let role = config.role();
     let manifest = tokio::select! {
         _ = stop.stopped() => return Ok(interrupted(stop, Counts::default())),
-        manifest = Manifest::download(&s3, &manifest_uri, &policy) => Arc::new(manifest?),
+        manifest = Manifest::download(&s3, &manifest_uri, &policy, &role) => Arc::new(manifest?),
     };
     let engine = tokio::select! {
         _ = stop.stopped() => return Ok(interrupted(stop, Counts::default())),
@@ -128,6 +129,7 @@ async fn run_inner(
     });
     let fetcher = Fetcher::new(
         s3.clone(),
+        DeniedRun::new(manifest.images(), config.role()),
         config.max_encoded_bytes,
         config.buffer_mib.saturating_mul(1024 * 1024),
         config.attempt_timeout(),
