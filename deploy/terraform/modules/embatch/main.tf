@@ -216,13 +216,38 @@ resource "aws_iam_instance_profile" "instance" {
 
 resource "aws_launch_template" "instance" {
   name_prefix = "${var.name_prefix}-"
-  # IMDSv2 only, hop limit 1: containers (bridge network) cannot reach the instance role;
-  # the worker gets credentials from its job role only.
+  # IMDSv2 only, hop limit 1: a container on a bridge network cannot reach the instance
+  # metadata service. AWS Batch runs EC2 jobs in host network mode, where the hop limit does
+  # not stop a container, so the user data also blocks the metadata address for the worker's
+  # uid (10001) with an iptables owner match; the ECS agent (root) keeps it. The worker gets
+  # credentials from its job role only (the ECS credential endpoint).
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
     http_put_response_hop_limit = 1
   }
+  # MIME multi-part, as AWS Batch requires (it merges its own part in). Keep the iptables line
+  # identical to the CloudFormation template's: a test applies it in a network namespace.
+  # ECS agent: Spot interruption notices drain the instance (SIGTERM to the workers), and a
+  # stopped container gets 60 s before SIGKILL; the worker flushes within 45 s.
+  user_data = base64encode(<<-EOT
+    MIME-Version: 1.0
+    Content-Type: multipart/mixed; boundary="==EMBATCH=="
+
+    --==EMBATCH==
+    Content-Type: text/x-shellscript; charset="us-ascii"
+
+    #!/bin/bash
+    set -euo pipefail
+    iptables --insert OUTPUT --proto tcp --destination 169.254.169.254 --match owner --uid-owner 10001 --jump REJECT
+    cat >> /etc/ecs/ecs.config <<'ECS'
+    ECS_ENABLE_SPOT_INSTANCE_DRAINING=true
+    ECS_CONTAINER_STOP_TIMEOUT=60s
+    ECS
+
+    --==EMBATCH==--
+  EOT
+  )
   tags = var.tags
 }
 
@@ -298,6 +323,19 @@ data "aws_iam_policy_document" "worker" {
     resources = [for p in var.image_prefixes : "${aws_s3_bucket.images.arn}/${p}*"]
   }
   statement {
+    # Without s3:ListBucket, S3 answers 403 (not 404) for a key that does not exist: an image
+    # deleted after listing would be recorded access_denied. Listing is limited to the image
+    # prefixes, like reading.
+    sid       = "TellMissingFromDenied"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.images.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = [for p in var.image_prefixes : "${p}*"]
+    }
+  }
+  statement {
     sid       = "ReadManifests"
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.images.arn}/${var.run_prefix}*/manifests/*"]
@@ -309,11 +347,10 @@ data "aws_iam_policy_document" "worker" {
   }
   statement {
     sid = "WriteVectors"
+    # BatchGetItem: which images are already stored (resume).
     actions = [
       "dynamodb:BatchWriteItem",
-      "dynamodb:PutItem",
       "dynamodb:BatchGetItem",
-      "dynamodb:GetItem",
     ]
     resources = [aws_dynamodb_table.vectors.arn]
   }
@@ -349,6 +386,8 @@ resource "aws_batch_job_definition" "worker" {
       # Instances allow no IMDS access from containers, so the SDK cannot discover the region.
       { name = "AWS_REGION", value = local.region },
       { name = "EMBATCH_TABLE", value = aws_dynamodb_table.vectors.name },
+      # Named by the worker when access is denied.
+      { name = "EMBATCH_JOB_ROLE_ARN", value = aws_iam_role.job.arn },
     ]
     readonlyRootFilesystem = true
     privileged             = false
@@ -366,8 +405,9 @@ resource "aws_batch_job_definition" "worker" {
     }
   })
 
-  # Exit codes follow CONTRACT.md: 75 = transient infrastructure failure, 143 = SIGTERM after
-  # flushing; 2 (bad configuration) and anything else is permanent and must not be retried.
+  # Exit codes (embatch_records::run::exit): 75 = transient infrastructure failure, 143 =
+  # SIGTERM after flushing; 2 (bad configuration, access denied) and anything else is permanent
+  # and must not be retried.
   retry_strategy {
     attempts = var.retry_attempts
     evaluate_on_exit {
@@ -437,6 +477,18 @@ data "aws_iam_policy_document" "submitter" {
     ]
   }
   statement {
+    # SubmitJob tags each job with its run id (embatch:run-id); tagging on create needs
+    # batch:TagResource on the job, and only that tag key is allowed.
+    sid       = "TagJobsOnSubmit"
+    actions   = ["batch:TagResource"]
+    resources = ["arn:${local.partition}:batch:${local.region}:${local.account_id}:job/*"]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "aws:TagKeys"
+      values   = ["embatch:run-id"]
+    }
+  }
+  statement {
     sid = "WatchJobs"
     # Read-only Batch calls (pre-flight checks and `embatch status`); they support no
     # resource-level permissions.
@@ -465,11 +517,11 @@ resource "aws_iam_policy" "submitter" {
 data "aws_iam_policy_document" "reader" {
   statement {
     sid = "ReadVectors"
+    # BatchGetItem: embatch-vectors get; Scan: embatch-vectors export; GetItem: the original
+    # sample's Python reader (boto3 Table.get_item).
     actions = [
-      "dynamodb:DescribeTable",
       "dynamodb:GetItem",
       "dynamodb:BatchGetItem",
-      "dynamodb:Query",
       "dynamodb:Scan",
     ]
     resources = [aws_dynamodb_table.vectors.arn]
@@ -478,7 +530,7 @@ data "aws_iam_policy_document" "reader" {
 
 resource "aws_iam_policy" "reader" {
   name        = "${var.name_prefix}-${local.region}-reader"
-  description = "Attach to consumers of the vectors (embatch-read, boto3/numpy)."
+  description = "Attach to consumers of the vectors (embatch-vectors, the sample's boto3/numpy reader)."
   policy      = data.aws_iam_policy_document.reader.json
   tags        = var.tags
 }
