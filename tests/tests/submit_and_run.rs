@@ -206,8 +206,15 @@ async fn submitted_manifests_are_what_the_worker_embeds() {
     let b = fetched.vector("in/a+b/100%.JPG").unwrap();
     assert_eq!(a, b);
 
-    // `embatch status` agrees.
-    let status = ["status", &run_id, "--bucket", &bucket].map(str::to_string);
+    // `embatch status` agrees (one image failed: accepted).
+    let status = [
+        "status",
+        &run_id,
+        "--bucket",
+        &bucket,
+        "--allow-failed-images",
+    ]
+    .map(str::to_string);
     let (code, stdout, stderr) = embatch(&emulator, &status).await;
     assert_eq!(code, 0, "{stderr}");
     let s: serde_json::Value = serde_json::from_str(&stdout).unwrap();
