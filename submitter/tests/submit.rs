@@ -565,3 +565,73 @@ async fn trace_logs_never_print_the_credentials() {
         assert!(!out.stdout.contains(value), "{value} in the output");
     }
 }
+
+#[tokio::test]
+async fn a_path_without_a_trailing_slash_is_a_prefix_and_warns_when_it_matches_sibling_folders() {
+    let f = Fixture::new().await;
+    let keys = strings(&["images/a.jpg", "images/b.jpg", "images-old/c.jpg"]);
+    f.put_all(&f.bucket, &keys, b"x").await;
+    let run = |path: &str| {
+        let mut args = f.submit_args();
+        args.extend(strings(&["--dry-run", path]));
+        args
+    };
+
+    // As the original sample listed it: a key prefix, so images-old/ too, and a warning.
+    let out = f.embatch(&run("images"), None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["images"], 3);
+    assert!(
+        out.stderr.contains("has no trailing slash")
+            && out.stderr.contains("images-old/c.jpg")
+            && out.stderr.contains("write s3://"),
+        "{}",
+        out.stderr
+    );
+
+    // The folder alone: no warning. A file-name prefix (no folder of that name): no warning.
+    for (path, images) in [("images/", 2), ("images/a", 1)] {
+        let out = f.embatch(&run(path), None).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(out.json()["images"], images, "{path}");
+        assert!(
+            !out.stderr.contains("trailing slash"),
+            "{path}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_path_outside_the_readable_prefixes_is_refused_before_anything_is_written() {
+    let f = Fixture::new().await;
+    f.put_all(&f.bucket, &strings(&["images/a.jpg", "photos/b.jpg"]), b"x")
+        .await;
+    let readable = format!("s3://{}/images/", f.bucket);
+    let mut args = f.submit_args();
+    args.extend(strings(&[
+        "--readable-prefixes",
+        &readable,
+        "images/",
+        "photos/",
+    ]));
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("path s3://{}/photos/ is outside", f.bucket))
+            && out.stderr.contains(&readable),
+        "{}",
+        out.stderr
+    );
+    assert!(f.keys(&f.bucket, RUNS).await.is_empty(), "nothing written");
+    assert_eq!(f.jobs_in_queue().await, 0, "nothing submitted");
+
+    // The same, from the environment; a path inside passes.
+    let mut args = f.submit_args();
+    args.extend(strings(&["--dry-run", "images/"]));
+    let out = f
+        .embatch_with(&args, None, &[("EMBATCH_READABLE_PREFIXES", &readable)])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
