@@ -18,20 +18,26 @@ pub struct AwsOptions {
     /// Longest one attempt of a request may take before it is abandoned and retried (the
     /// SDK's operation attempt timeout); [`DEFAULT_ATTEMPT_TIMEOUT`] when unset.
     pub attempt_timeout: Option<Duration>,
+    /// The SDK's initial retry backoff; its default (1 s) when unset. Tests shorten it.
+    pub initial_backoff: Option<Duration>,
 }
 
 /// The attempt timeout when [`AwsOptions::attempt_timeout`] is unset.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Attempts the SDK makes per request (the first one included) for what its classifiers call
+/// retryable; see [`crate::retry`] for what is retried on top, and why only that.
+pub const SDK_MAX_ATTEMPTS: u32 = 5;
+
 /// Loads the shared SDK configuration.
 ///
-/// Retries: the SDK's standard mode with 5 attempts (exponential backoff with jitter), on top
-/// of which our own writers and readers retry unprocessed items. Timeouts: 5 s to connect,
+/// Retries: the SDK's standard mode, [`SDK_MAX_ATTEMPTS`] attempts with its exponential backoff
+/// and jitter and its retry quota (layer 1 of [`crate::retry`]). Timeouts: 5 s to connect,
 /// [`AwsOptions::attempt_timeout`] per attempt (default 60 s), so a stalled connection is
 /// retried instead of hanging a child.
 pub async fn load(options: &AwsOptions) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(5))
+        .retry_config(retry_config(options.initial_backoff))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -47,6 +53,16 @@ pub async fn load(options: &AwsOptions) -> SdkConfig {
         loader = loader.region(Region::new(region.clone()));
     }
     loader.load().await
+}
+
+/// The SDK's retry configuration: standard mode, [`SDK_MAX_ATTEMPTS`] attempts, and the
+/// SDK's initial backoff unless `initial_backoff` says otherwise.
+pub fn retry_config(initial_backoff: Option<Duration>) -> RetryConfig {
+    let retry = RetryConfig::standard().with_max_attempts(SDK_MAX_ATTEMPTS);
+    match initial_backoff {
+        Some(backoff) => retry.with_initial_backoff(backoff),
+        None => retry,
+    }
 }
 
 /// An S3 client. Path-style addressing is forced when an endpoint override is in use (an

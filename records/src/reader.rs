@@ -3,8 +3,9 @@
 //! ([`TableReader::scan`]).
 //!
 //! `get` and `provenance` use `BatchGetItem` in chunks of ≤ [`MAX_BATCH_GET_KEYS`] keys with
-//! several requests in flight; `UnprocessedKeys`, throttling and transient failures are
-//! retried with the shared [`RetryPolicy`]. A stored item that is not a valid vector is an
+//! several requests in flight. The SDK retries 5xx answers, timeouts and broken connections;
+//! `UnprocessedKeys` and throttling that outlasts the SDK are retried with the shared
+//! [`RetryPolicy`] (see [`crate::retry`]). A stored item that is not a valid vector is an
 //! [`ItemError`] naming it, never a panic or a wrong vector.
 //!
 //! ```
@@ -50,7 +51,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::Semaphore;
 
-use crate::retry::{is_transient_sdk_error, retry, RetryPolicy};
+use crate::retry::{is_throttling, is_transient_sdk_error, retry, RetryPolicy};
 use crate::sdk_error::describe;
 use crate::vector::{attr, ItemError, VectorRecord};
 use crate::writer::preview;
@@ -63,7 +64,7 @@ pub const MAX_BATCH_GET_KEYS: usize = 100;
 pub struct ReaderConfig {
     /// Requests in flight at once (`BatchGetItem` chunks for `get`/`provenance`).
     pub max_in_flight: usize,
-    /// Backoff and budget for unprocessed keys and transient errors, per request.
+    /// Backoff and budget for unprocessed keys and throttling, per request.
     pub retry: RetryPolicy,
     /// Strongly consistent reads (twice the read cost; sees writes that just finished).
     pub consistent_read: bool,
@@ -272,7 +273,7 @@ impl TableReader {
                 let Next::Page(start) = next else {
                     return None;
                 };
-                let result = retry(&reader.config.retry, is_transient_sdk_error, || {
+                let result = retry(&reader.config.retry, is_throttling, || {
                     let mut request = reader
                         .client
                         .scan()
@@ -383,8 +384,8 @@ impl TableReader {
                     }
                     None
                 }
-                Err(e) if is_transient_sdk_error(&e) => {
-                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchGetItem failed transiently");
+                Err(e) if is_throttling(&e) => {
+                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchGetItem throttled");
                     Some(self.request_error("BatchGetItem", &e))
                 }
                 Err(e) => return Err(self.request_error("BatchGetItem", &e)),

@@ -1,6 +1,22 @@
-//! The one backoff policy for everything embatch retries on top of the SDK: unprocessed
-//! DynamoDB items and keys, throttled batches, and the worker's S3 fetches.
+//! What embatch retries, and how: one retry layer per failure class.
 //!
+//! 1. **The SDK** ([`crate::aws`]: standard mode, [`crate::aws::SDK_MAX_ATTEMPTS`] attempts per
+//!    request, its own backoff and retry quota) retries everything its classifiers call
+//!    retryable: throttling codes, HTTP 500/502/503/504, timeouts, connection errors. Nothing
+//!    of ours retries those again: a 5xx or timeout that outlasts the SDK ends the call
+//!    ([`is_transient_sdk_error`] then says "retry the child later", exit 75).
+//! 2. **Ours** ([`RetryPolicy`], this module) retries only what the SDK cannot see or gives up
+//!    on too early:
+//!    - DynamoDB `UnprocessedItems` / `UnprocessedKeys` (an HTTP 200 answer);
+//!    - throttling that outlasts the SDK ([`is_throttling`]): under sustained throttling its
+//!      attempts run out and its retry quota drains (then it stops retrying at all), while a
+//!      new on-demand table keeps throttling for minutes until it scales;
+//!    - S3 bodies cut short or stalled (the SDK does not retry a streaming body).
+//!
+//! So one call makes at most `SDK_MAX_ATTEMPTS x RetryPolicy::max_attempts` HTTP attempts,
+//! and only while throttled; a persistent 5xx costs exactly `SDK_MAX_ATTEMPTS`.
+//!
+//! The policy:
 //! Capped exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff
 //! And Jitter"): before retry `n` (1-based) wait a uniformly random time in
 //! `0..=min(cap, base * 2^(n-1))`. Two bounds end the retrying: at most `max_attempts`
@@ -30,6 +46,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use rand::Rng;
 
@@ -47,15 +64,16 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 50 ms base, 5 s cap, 10 attempts, 2 minutes: enough to ride out DynamoDB throttling
-    /// while on-demand capacity scales, short enough that a dead dependency fails the child
-    /// (which AWS Batch then retries) instead of hanging it.
+    /// 50 ms base, 10 s cap, 30 attempts, 10 minutes: long enough to ride out a new on-demand
+    /// table's throttling while it scales (deploy/README.md, "DynamoDB write capacity"), short
+    /// enough that a table that never recovers fails the child (which AWS Batch then retries)
+    /// instead of hanging it. Only throttling and unprocessed items spend it.
     fn default() -> Self {
         Self {
             base: Duration::from_millis(50),
-            cap: Duration::from_secs(5),
-            max_attempts: 10,
-            max_elapsed: Duration::from_secs(120),
+            cap: Duration::from_secs(10),
+            max_attempts: 30,
+            max_elapsed: Duration::from_secs(600),
         }
     }
 }
@@ -152,35 +170,36 @@ where
     }
 }
 
-/// Service error codes that mean "try again later" (DynamoDB and S3 spellings).
-const TRANSIENT_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "SlowDown",
-    "InternalServerError",
-    "InternalError",
-    "ServiceUnavailable",
-    "RequestTimeout",
-    "RequestTimeoutException",
-];
+/// Whether an aws-sdk error is throttling, by the SDK's own list of throttling codes
+/// (`aws_runtime`'s `THROTTLING_ERRORS`: DynamoDB's `ProvisionedThroughputExceededException`
+/// and `ThrottlingException`, S3's `SlowDown`, ...) or HTTP 429.
+pub fn is_throttling<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::ServiceError(service) => {
+            service.raw().status().as_u16() == 429
+                || err
+                    .code()
+                    .is_some_and(|code| THROTTLING_ERRORS.contains(&code))
+        }
+        _ => false,
+    }
+}
 
-/// Whether an aws-sdk error (of any service: the type is shared) is worth retrying: timeouts,
-/// connection failures, truncated responses, throttling, and 5xx answers. Everything else
-/// (validation, access denied, missing table or key) is permanent.
+/// Whether an aws-sdk error (of any service: the type is shared) may pass if tried again
+/// later: timeouts, connection failures, truncated responses, throttling, 5xx answers and the
+/// SDK's transient codes (`TRANSIENT_ERRORS`). Everything else (validation, access denied,
+/// missing table or key) is permanent. Used to classify an error the SDK's retries did not
+/// fix, not to retry it again.
 pub fn is_transient_sdk_error<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     match err {
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
         SdkError::DispatchFailure(failure) => !failure.is_user(),
         SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            status >= 500
-                || status == 429
+            service.raw().status().as_u16() >= 500
+                || is_throttling(err)
                 || err
                     .code()
-                    .is_some_and(|code| TRANSIENT_CODES.contains(&code))
+                    .is_some_and(|code| TRANSIENT_ERRORS.contains(&code))
         }
         _ => false,
     }

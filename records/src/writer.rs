@@ -3,9 +3,15 @@
 //! [`TableWriter::write`] takes any number of [`VectorRecord`]s and stores them with
 //! `BatchWriteItem`: at most [`MAX_BATCH_WRITE_ITEMS`] per request (DynamoDB's limit, enforced
 //! here because emulators do not), up to [`WriterConfig::max_in_flight`] requests at once
-//! across every clone of the writer. `UnprocessedItems`, throttling, 5xx answers and broken
-//! connections are retried with the shared [`RetryPolicy`]; when its budget is spent the
+//! across every clone of the writer. The SDK retries 5xx answers, timeouts and broken
+//! connections; `UnprocessedItems` and throttling that outlasts the SDK are retried here with
+//! the shared [`RetryPolicy`] (see [`crate::retry`] for the layers). When a budget is spent the
 //! [`WriteError`] names every `ImageId` that was not written. Nothing is dropped silently.
+//!
+//! Throttling also slows the writer down: a [`Pacer`] shared by its clones spaces the starts of
+//! requests by an interval that doubles (plus 1 ms) on every throttle or unprocessed answer, up
+//! to [`WriterConfig::max_pace`], and shrinks by a tenth on every clean success. A fleet of workers
+//! writing into a table that is still scaling thus backs off instead of spending its retries.
 //!
 //! Writing is idempotent: an item is a whole-item put keyed by `ImageId`, so writing the same
 //! record again (same image, ETag and model) leaves one identical item.
@@ -30,6 +36,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
@@ -37,7 +44,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 
-use crate::retry::{is_transient_sdk_error, RetryPolicy};
+use crate::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
 use crate::sdk_error::describe;
 use crate::vector::{attr, VectorRecord};
 
@@ -49,16 +56,20 @@ pub const MAX_BATCH_WRITE_ITEMS: usize = 25;
 pub struct WriterConfig {
     /// `BatchWriteItem` requests in flight at once, shared by all clones of a writer.
     pub max_in_flight: usize,
-    /// Backoff and budget for unprocessed items and transient errors, per batch of ≤ 25.
+    /// Backoff and budget for unprocessed items and throttling, per batch of ≤ 25.
     pub retry: RetryPolicy,
+    /// The longest the [`Pacer`] spaces two request starts while the table throttles.
+    pub max_pace: Duration,
 }
 
 impl Default for WriterConfig {
-    /// 8 requests in flight (200 items), the default [`RetryPolicy`].
+    /// 8 requests in flight (200 items), the default [`RetryPolicy`], pacing up to
+    /// [`Pacer::DEFAULT_MAX_INTERVAL`].
     fn default() -> Self {
         Self {
             max_in_flight: 8,
             retry: RetryPolicy::default(),
+            max_pace: Pacer::DEFAULT_MAX_INTERVAL,
         }
     }
 }
@@ -70,19 +81,100 @@ pub struct TableWriter {
     table: Arc<str>,
     retry: RetryPolicy,
     in_flight: Arc<Semaphore>,
+    pacer: Arc<Pacer>,
+}
+
+/// Spaces the starts of requests while the table throttles (see the module docs).
+#[derive(Debug)]
+pub struct Pacer {
+    state: std::sync::Mutex<Pace>,
+    max: Duration,
+}
+
+#[derive(Debug)]
+struct Pace {
+    interval: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            interval: Duration::ZERO,
+            next: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Pacer {
+    /// The default longest interval between two request starts: a request (25 items) every
+    /// 2 s per writer, 12.5 items/s (deploy/README.md, "DynamoDB write capacity").
+    pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(2);
+
+    /// A pacer that is not pacing, and paces at most `max` apart.
+    pub fn new(max: Duration) -> Self {
+        Self {
+            state: Default::default(),
+            max,
+        }
+    }
+
+    /// Waits for this request's turn.
+    pub async fn turn(&self) {
+        let at = {
+            let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if pace.interval.is_zero() {
+                return;
+            }
+            let at = pace.next.max(tokio::time::Instant::now());
+            pace.next = at + pace.interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// The table throttled: slow down.
+    pub fn throttled(&self) {
+        let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        pace.interval = (pace.interval * 2 + Duration::from_millis(1)).min(self.max);
+    }
+
+    /// A request went through whole: speed up.
+    pub fn succeeded(&self) {
+        let mut pace = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        pace.interval = pace.interval.mul_f64(0.9);
+        if pace.interval < Duration::from_micros(100) {
+            pace.interval = Duration::ZERO;
+        }
+    }
+
+    /// The current interval between request starts.
+    pub fn interval(&self) -> Duration {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .interval
+    }
 }
 
 /// Why a batch of items was not written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WriteFailure {
-    /// DynamoDB kept throttling, leaving items unprocessed, or failing transiently until the
-    /// retry budget was spent. Retrying later (e.g. the whole Batch child) may succeed.
+    /// DynamoDB kept throttling or leaving items unprocessed until the retry budget was
+    /// spent. Retrying later (e.g. the whole Batch child) may succeed.
     #[error("still not written after {attempts} attempts (last: {last})")]
     RetriesExhausted {
         /// Attempts made for the batch.
         attempts: u32,
         /// The last thing that went wrong.
         last: String,
+    },
+    /// A transient failure (5xx, timeout, connection) the SDK's own retries did not fix.
+    /// Retrying later may succeed.
+    #[error("failed after the SDK's retries: {message}")]
+    Transient {
+        /// The error, with its causes.
+        message: String,
     },
     /// DynamoDB rejected the request outright (validation, access denied, missing table).
     #[error("rejected: {message}")]
@@ -142,7 +234,13 @@ impl TableWriter {
             table: Arc::from(table.into()),
             retry: config.retry,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            pacer: Arc::new(Pacer::new(config.max_pace)),
         }
+    }
+
+    /// The pacer shared by this writer's clones.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     /// The table written to.
@@ -204,6 +302,7 @@ impl TableWriter {
         loop {
             let result = {
                 let _permit = self.in_flight.acquire().await;
+                self.pacer.turn().await;
                 self.client
                     .batch_write_item()
                     .request_items(self.table.to_string(), pending.clone())
@@ -217,8 +316,10 @@ impl TableWriter {
                         .and_then(|mut tables| tables.remove(&*self.table))
                         .unwrap_or_default();
                     if unprocessed.is_empty() {
+                        self.pacer.succeeded();
                         return Vec::new();
                     }
+                    self.pacer.throttled();
                     tracing::debug!(
                         table = &*self.table,
                         unprocessed = unprocessed.len(),
@@ -232,9 +333,20 @@ impl TableWriter {
                     pending = unprocessed;
                     last
                 }
-                Err(e) if is_transient_sdk_error(&e) => {
-                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchWriteItem failed transiently");
+                Err(e) if is_throttling(&e) => {
+                    // Throttling outlasted the SDK's attempts (or its retry quota ran dry).
+                    self.pacer.throttled();
+                    tracing::debug!(table = &*self.table, error = %describe(&e), "BatchWriteItem throttled");
                     describe(&e)
+                }
+                Err(e) if is_transient_sdk_error(&e) => {
+                    // The SDK already retried this: fail the batch (the child is retried later).
+                    return vec![BatchError {
+                        ids: ids_of(&pending),
+                        failure: WriteFailure::Transient {
+                            message: describe(&e),
+                        },
+                    }];
                 }
                 Err(e) if e.code() == Some("ValidationException") && pending.len() > 1 => {
                     // One bad item (e.g. over DynamoDB's 400 KB) fails its whole batch: split
@@ -268,9 +380,12 @@ impl TableWriter {
     }
 
     fn error(&self, failures: Vec<BatchError>) -> WriteError {
-        let transient = failures
-            .iter()
-            .all(|f| matches!(f.failure, WriteFailure::RetriesExhausted { .. }));
+        let transient = failures.iter().all(|f| {
+            matches!(
+                f.failure,
+                WriteFailure::RetriesExhausted { .. } | WriteFailure::Transient { .. }
+            )
+        });
         let mut failures = failures.into_iter();
         let first = failures
             .next()
@@ -323,6 +438,29 @@ mod tests {
             vector: vec![v],
             meta: VectorMetadata::default(),
         }
+    }
+
+    #[test]
+    fn the_pacer_backs_off_on_throttling_and_recovers_on_success() {
+        let pacer = Pacer::new(Duration::from_secs(1));
+        assert_eq!(
+            pacer.interval(),
+            Duration::ZERO,
+            "no pacing until throttled"
+        );
+        pacer.throttled();
+        pacer.throttled();
+        assert_eq!(pacer.interval(), Duration::from_millis(3));
+        for _ in 0..20 {
+            pacer.throttled();
+        }
+        assert_eq!(pacer.interval(), Duration::from_secs(1));
+        pacer.succeeded();
+        assert_eq!(pacer.interval(), Duration::from_millis(900));
+        for _ in 0..200 {
+            pacer.succeeded();
+        }
+        assert_eq!(pacer.interval(), Duration::ZERO, "back to full speed");
     }
 
     #[test]

@@ -7,6 +7,10 @@ use std::collections::HashSet;
 
 use common::*;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_records::aws::SDK_MAX_ATTEMPTS;
+
+/// The writer's pacer at test speed: the proxy's faults do not ease when it slows down.
+const FAST_PACE: std::time::Duration = std::time::Duration::from_millis(5);
 use embatch_records::reader::{ReadError, ReaderConfig, TableReader};
 use embatch_records::vector::VectorRecord;
 use embatch_records::writer::{TableWriter, WriteFailure, WriterConfig};
@@ -44,8 +48,9 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
     let config = WriterConfig {
         max_in_flight: 4,
         retry: fast_retry(40),
+        max_pace: FAST_PACE,
     };
-    let writer = TableWriter::new(client(&proxy.endpoint(), 1).await, &s.table, config);
+    let writer = TableWriter::new(client(&proxy.endpoint()).await, &s.table, config);
     let written = records(2000, 512, "chaos");
     writer.write(written.clone()).await.unwrap();
 
@@ -78,16 +83,104 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
     }
 }
 
+/// One retry layer per failure class (embatch_records::retry): a 5xx that never ends costs
+/// exactly the SDK's attempts per request, and ours add none.
+#[tokio::test]
+async fn a_persistent_5xx_costs_exactly_the_sdks_attempts_per_request() {
+    let s = setup().await;
+    let proxy = FaultProxy::start(
+        &s.emulator.endpoint(),
+        FaultPlan {
+            seed: 2,
+            rules: vec![FaultRule::new(Match::Any, Fault::Status(500))],
+        },
+    )
+    .unwrap();
+    let c = client(&proxy.endpoint()).await;
+    let config = WriterConfig {
+        max_in_flight: 1,
+        retry: fast_retry(10),
+        max_pace: FAST_PACE,
+    };
+    let e = TableWriter::new(c.clone(), &s.table, config)
+        .write(records(30, 4, "down"))
+        .await
+        .unwrap_err();
+    assert!(e.transient, "{e}");
+    assert!(matches!(e.cause, WriteFailure::Transient { .. }), "{e}");
+    assert_eq!(e.unwritten.len(), 30);
+    let sdk = SDK_MAX_ATTEMPTS as u64;
+    assert_eq!(
+        proxy.counts().operation("BatchWriteItem"),
+        2 * sdk,
+        "2 batches"
+    );
+
+    let reader = TableReader::with_config(
+        c,
+        &s.table,
+        ReaderConfig {
+            retry: fast_retry(10),
+            ..Default::default()
+        },
+    );
+    assert!(reader.get(&["a"]).await.unwrap_err().is_transient());
+    assert_eq!(proxy.counts().operation("BatchGetItem"), sdk);
+    let scanned: Vec<_> = reader.scan(1).collect().await;
+    assert!(scanned.len() == 1 && scanned[0].as_ref().is_err_and(ReadError::is_transient));
+    assert_eq!(proxy.counts().operation("Scan"), sdk);
+}
+
+/// Throttling that outlasts the SDK is retried by our layer: at most SDK_MAX_ATTEMPTS x our
+/// attempts per batch (exactly that while the SDK's retry quota lasts), and the writer's
+/// pacer slows down.
+#[tokio::test]
+async fn persistent_throttling_costs_the_sdks_attempts_times_ours() {
+    let s = setup().await;
+    let proxy = FaultProxy::start(
+        &s.emulator.endpoint(),
+        FaultPlan {
+            seed: 4,
+            rules: vec![FaultRule::new(
+                Match::dynamodb("BatchWriteItem"),
+                Fault::Throttle,
+            )],
+        },
+    )
+    .unwrap();
+    let writer = TableWriter::new(
+        client(&proxy.endpoint()).await,
+        &s.table,
+        WriterConfig {
+            max_in_flight: 1,
+            retry: fast_retry(4),
+            max_pace: FAST_PACE,
+        },
+    );
+    let e = writer.write(records(10, 4, "slow")).await.unwrap_err();
+    assert!(e.transient, "{e}");
+    assert!(
+        matches!(e.cause, WriteFailure::RetriesExhausted { attempts: 4, .. }),
+        "{e}"
+    );
+    assert_eq!(
+        proxy.counts().operation("BatchWriteItem"),
+        4 * SDK_MAX_ATTEMPTS as u64
+    );
+    assert!(writer.pacer().interval() > std::time::Duration::ZERO);
+}
+
 #[tokio::test]
 async fn sdk_retries_and_ours_together_store_everything() {
     let s = setup().await;
     let proxy = FaultProxy::start(&s.emulator.endpoint(), chaos(5, "BatchWriteItem")).unwrap();
     let writer = TableWriter::new(
-        client(&proxy.endpoint(), 3).await,
+        client(&proxy.endpoint()).await,
         &s.table,
         WriterConfig {
             max_in_flight: 8,
             retry: fast_retry(40),
+            max_pace: FAST_PACE,
         },
     );
     let written = records(500, 1280, "both");
@@ -112,11 +205,11 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
     let mut plan = chaos(23, "BatchGetItem");
     plan.rules.extend([
         FaultRule::new(Match::dynamodb("Scan"), Fault::Throttle).probability(0.4),
-        FaultRule::new(Match::dynamodb("Scan"), Fault::Status(500)).probability(0.3),
+        FaultRule::new(Match::dynamodb("Scan"), Fault::Status(500)).probability(0.2),
     ]);
     let proxy = FaultProxy::start(&s.emulator.endpoint(), plan).unwrap();
     let reader = TableReader::with_config(
-        client(&proxy.endpoint(), 1).await,
+        client(&proxy.endpoint()).await,
         &s.table,
         ReaderConfig {
             max_in_flight: 4,
@@ -176,11 +269,12 @@ async fn a_spent_retry_budget_names_exactly_the_items_not_written() {
     )
     .unwrap();
     let writer = TableWriter::new(
-        client(&proxy.endpoint(), 1).await,
+        client(&proxy.endpoint()).await,
         &s.table,
         WriterConfig {
             max_in_flight: 4,
             retry: fast_retry(3),
+            max_pace: FAST_PACE,
         },
     );
     let written = records(100, 512, "budget");
@@ -221,13 +315,14 @@ async fn endless_throttling_ends_in_a_transient_error_for_every_item() {
         },
     )
     .unwrap();
-    let c = client(&proxy.endpoint(), 1).await;
+    let c = client_without_sdk_retries(&proxy.endpoint()).await;
     let e = TableWriter::new(
         c.clone(),
         &s.table,
         WriterConfig {
             max_in_flight: 2,
             retry: fast_retry(4),
+            max_pace: FAST_PACE,
         },
     )
     .write(records(30, 4, "throttled"))

@@ -67,7 +67,7 @@ async fn ten_thousand_items_are_written_and_read_back_bit_exact() {
 
     // Read back through a proxy without faults, to see the requests.
     let proxy = FaultProxy::start(&s.emulator.endpoint(), FaultPlan::default()).unwrap();
-    let through = TableReader::new(client(&proxy.endpoint(), 3).await, &s.table);
+    let through = TableReader::new(client(&proxy.endpoint()).await, &s.table);
 
     // All of it by Scan: moto answers BatchGetItem and Scan at about the same rate, so the
     // full get is left to smaller tests and this one samples every 20th id.

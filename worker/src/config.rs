@@ -70,9 +70,10 @@ pub struct Config {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub fetch_concurrency: u32,
 
-    /// Attempts per image when S3 fails transiently (5xx, SlowDown, timeouts, resets), each
-    /// on top of the SDK's own retries; then the child exits 75.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    /// Attempts per image when its body is cut short or stalls, or S3 keeps throttling past
+    /// the SDK's own retries (5 per request, which also cover 5xx, timeouts and resets); then
+    /// the child exits 75.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub fetch_attempts: u32,
 
     /// Seconds one AWS request attempt may take, and one S3 download may go without receiving

@@ -1,8 +1,9 @@
 //! Fetching images from S3, many in flight, within a budget of buffered bytes.
 //!
-//! Transient failures (5xx, SlowDown, timeouts, connection resets, a body cut short — which the
-//! SDK does not retry) are retried with the shared backoff policy; when the budget is spent the
-//! child stops (exit 75). A missing or forbidden object, or one over the size limit, is a
+//! The SDK retries 5xx answers, throttling, timeouts and broken connections; a body cut short
+//! or gone silent (which the SDK does not retry) and throttling that outlasts the SDK are
+//! retried here with the shared backoff policy (see `embatch_records::retry`). When either
+//! gives up the child stops (exit 75). A missing or forbidden object, or one over the size limit, is a
 //! permanent failure of that image only. The size limit is checked before downloading (the
 //! manifest's size, then `Content-Length`) and again while the body streams in.
 
@@ -14,7 +15,7 @@ use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::{Bytes, BytesMut};
 use embatch_engine::ImageError;
-use embatch_records::retry::{is_transient_sdk_error, RetryPolicy};
+use embatch_records::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
 use embatch_records::sdk_error::{causes, describe};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -117,7 +118,10 @@ pub struct Fetcher {
 enum Attempt {
     /// Kind and message of a permanent failure.
     Permanent((&'static str, String)),
-    Transient(String),
+    /// Worth another attempt of ours: a body cut short or stalled, or throttling.
+    Retry(String),
+    /// Transient, but the SDK already retried it: the child stops (exit 75).
+    GaveUp(String),
 }
 
 impl Fetcher {
@@ -187,7 +191,13 @@ impl Fetcher {
                         message,
                     })
                 }
-                Err(Attempt::Transient(message)) => {
+                Err(Attempt::GaveUp(message)) => {
+                    break Err(FetchError::Infrastructure(anyhow!(
+                        "fetching {} failed after the SDK's retries: {message}",
+                        item.line.uri()
+                    )));
+                }
+                Err(Attempt::Retry(message)) => {
                     tracing::warn!(uri = %item.line.uri(), attempt = backoff.attempts(), error = %message, "transient S3 error, retrying");
                     if !backoff.wait().await {
                         break Err(FetchError::Infrastructure(anyhow!(
@@ -242,7 +252,7 @@ impl Fetcher {
                     .clone()
                     .acquire_many_owned(need - have)
                     .await
-                    .map_err(|_| Attempt::Transient("the fetch budget was closed".into()))?;
+                    .map_err(|_| Attempt::GaveUp("the fetch budget was closed".into()))?;
                 budget.merge(more);
             }
         }
@@ -257,7 +267,7 @@ impl Fetcher {
         while let Some(chunk) = tokio::time::timeout(self.stall_timeout, body.next())
             .await
             .map_err(|_| {
-                Attempt::Transient(format!(
+                Attempt::Retry(format!(
                     "reading {}: no data for {:?} after {} bytes",
                     line.uri(),
                     self.stall_timeout,
@@ -266,7 +276,7 @@ impl Fetcher {
             })?
         {
             let chunk = chunk.map_err(|e| {
-                Attempt::Transient(format!(
+                Attempt::Retry(format!(
                     "reading {} failed after {} bytes: {}",
                     line.uri(),
                     bytes.len(),
@@ -281,7 +291,7 @@ impl Fetcher {
         }
         if let Some(length) = length {
             if bytes.len() as u64 != length {
-                return Err(Attempt::Transient(format!(
+                return Err(Attempt::Retry(format!(
                     "reading {}: body ended after {} of {length} bytes",
                     line.uri(),
                     bytes.len()
@@ -299,8 +309,11 @@ fn too_large(item: &WorkItem, bytes: u64, max: u64) -> (&'static str, String) {
 
 fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
     let uri = item.line.uri();
+    if is_throttling(&error) {
+        return Attempt::Retry(format!("{uri}: {}", describe(&error)));
+    }
     if is_transient_sdk_error(&error) {
-        return Attempt::Transient(format!("{uri}: {}", describe(&error)));
+        return Attempt::GaveUp(format!("{uri}: {}", describe(&error)));
     }
     let status = error.raw_response().map(|r| r.status().as_u16());
     let kind = match (error.as_service_error(), status) {

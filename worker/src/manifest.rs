@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::Bytes;
 use embatch_records::manifest::{ManifestError, ManifestLine};
-use embatch_records::retry::{is_transient_sdk_error, RetryPolicy};
+use embatch_records::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
 use embatch_records::s3uri::S3Uri;
 use embatch_records::sdk_error::describe;
 
@@ -50,7 +50,8 @@ impl Manifest {
         policy: &RetryPolicy,
         role: &str,
     ) -> Result<Manifest, Fatal> {
-        let bytes = embatch_records::retry::retry(policy, Attempt::is_transient, || async {
+        // Ours to retry (the SDK retried the rest): throttling, and a body cut short.
+        let bytes = embatch_records::retry::retry(policy, Attempt::is_retried, || async {
             let response = s3
                 .get_object()
                 .bucket(&uri.bucket)
@@ -58,12 +59,13 @@ impl Manifest {
                 .send()
                 .await
                 .map_err(|e| {
-                    let transient = is_transient_sdk_error(&e);
+                    let (retry, transient) = (is_throttling(&e), is_transient_sdk_error(&e));
                     let status = e.raw_response().map(|r| r.status().as_u16());
                     let missing =
                         matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
                             || status == Some(404);
                     Attempt::Failed {
+                        retry,
                         transient,
                         missing,
                         denied: status == Some(403),
@@ -72,6 +74,7 @@ impl Manifest {
                 })?;
             // The SDK does not retry a body cut short: that is an attempt of ours.
             let body = response.body.collect().await.map_err(|e| Attempt::Failed {
+                retry: true,
                 transient: true,
                 missing: false,
                 denied: false,
@@ -195,6 +198,7 @@ impl Iterator for Lines<'_> {
 
 enum Attempt {
     Failed {
+        retry: bool,
         transient: bool,
         missing: bool,
         denied: bool,
@@ -203,14 +207,8 @@ enum Attempt {
 }
 
 impl Attempt {
-    fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Attempt::Failed {
-                transient: true,
-                ..
-            }
-        )
+    fn is_retried(&self) -> bool {
+        matches!(self, Attempt::Failed { retry: true, .. })
     }
 }
 

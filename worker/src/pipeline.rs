@@ -69,6 +69,7 @@ async fn run_inner(
         endpoint_url: config.endpoint_url.clone(),
         region: config.region.clone(),
         attempt_timeout: Some(config.attempt_timeout()),
+        initial_backoff: None,
     })
     .await;
     let (s3, dynamodb) = (aws::s3(&sdk), aws::dynamodb(&sdk));
@@ -140,7 +141,7 @@ async fn run_inner(
         config.table.clone(),
         WriterConfig {
             max_in_flight: config.write_concurrency as usize,
-            retry: RetryPolicy::default(),
+            ..WriterConfig::default()
         },
     );
     let pool = Arc::new(

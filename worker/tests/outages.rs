@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_records::aws::SDK_MAX_ATTEMPTS;
 use embatch_records::run::exit;
 
 mod common;
@@ -204,8 +205,7 @@ async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
     )
     .unwrap();
 
-    let mut command = fx.worker_via(proxy.env(), 0);
-    command.args(["--fetch-attempts", "3"]);
+    let command = fx.worker_via(proxy.env(), 0);
     let (status, stderr, took) = start(command).finish(GIVE_UP_WITHIN).await;
     let counts = proxy.counts();
     let stored = fx.stored().await;
@@ -219,14 +219,41 @@ async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
     );
     assert_gave_up(status, &stderr, "s3down/00003");
     assert_no_failures_recorded(&fx).await;
-    assert!(
-        counts.injected() >= 3,
-        "three attempts at least: {counts:?}"
+    // One retry layer per failure class: the SDK's attempts, and none of ours on top.
+    assert_eq!(
+        counts.per_rule[0],
+        u64::from(SDK_MAX_ATTEMPTS),
+        "GETs of the failing image: {counts:?}"
     );
     // The other images were not held hostage: whatever was embedded before the child gave up
     // is stored, and the re-run skips it.
     assert!(stored < images.len());
     assert_rerun_completes(&fx, &images, stored as u64).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_every_time_costs_exactly_the_fetch_attempts() {
+    let fx = Fixture::new().await;
+    let (lines, images) = upload_many(&fx, "cut", 6).await;
+    fx.put_manifest(0, &lines).await;
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 77,
+            rules: vec![FaultRule::new(
+                Match::s3_get_under(&fx.bucket, "cut/00002"),
+                Fault::ResetMidBody,
+            )],
+        },
+    )
+    .unwrap();
+    let mut command = fx.worker_via(proxy.env(), 0);
+    command.args(["--fetch-attempts", "4"]);
+    let (status, stderr, _) = start(command).finish(GIVE_UP_WITHIN).await;
+    assert_gave_up(status, &stderr, "cut/00002");
+    // The SDK does not retry a streaming body: every attempt is ours, one GET each.
+    assert_eq!(proxy.counts().per_rule[0], 4, "{:?}", proxy.counts());
+    assert_rerun_completes(&fx, &images, fx.stored().await as u64).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
         attempt_timeout: None,
+        initial_backoff: None,
     })
     .await;
     let reader = TableReader::new(aws::dynamodb(&config), table.clone());

@@ -7,21 +7,25 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_localaws::emulator::{sdk_config_for, unique_name};
 use embatch_localaws::Emulator;
+use embatch_records::aws::retry_config;
 use embatch_records::retry::RetryPolicy;
 use embatch_records::table::create_table;
 use embatch_records::vector::{VectorMetadata, VectorRecord};
 
-/// A DynamoDB client for `endpoint`. `sdk_retries` = attempts the SDK itself makes (1: none,
-/// so every throttle and 5xx reaches our own retry layer).
-pub async fn client(endpoint: &str, sdk_retries: u32) -> aws_sdk_dynamodb::Client {
+/// A DynamoDB client for `endpoint` with the SDK retries of production
+/// (`embatch_records::aws::retry_config`), their backoff shortened to 1 ms.
+pub async fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    with_retries(endpoint, retry_config(Some(Duration::from_millis(1)))).await
+}
+
+/// A DynamoDB client for `endpoint` whose SDK makes one attempt per request, so that every
+/// throttle reaches our own retry layer (for counting its attempts).
+pub async fn client_without_sdk_retries(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    with_retries(endpoint, RetryConfig::disabled()).await
+}
+
+async fn with_retries(endpoint: &str, retry: RetryConfig) -> aws_sdk_dynamodb::Client {
     let sdk = sdk_config_for(endpoint).await;
-    let retry = if sdk_retries <= 1 {
-        RetryConfig::disabled()
-    } else {
-        RetryConfig::standard()
-            .with_max_attempts(sdk_retries)
-            .with_initial_backoff(Duration::from_millis(1))
-    };
     aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
             .retry_config(retry)
@@ -39,7 +43,7 @@ pub struct Setup {
 
 pub async fn setup() -> Setup {
     let emulator = Emulator::start().expect("emulator starts");
-    let direct = client(&emulator.endpoint(), 3).await;
+    let direct = client(&emulator.endpoint()).await;
     let table = unique_name("vectors");
     create_table(&direct, &table).await.expect("table created");
     Setup {
