@@ -158,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
         attempt_timeout: None,
+        initial_backoff: None,
     })
     .await;
     let clients = Clients::new(&config);
