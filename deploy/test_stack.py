@@ -136,6 +136,9 @@ def check_resources(c: dict, out: dict, prefixes: list[str], subnet: str, sg: st
     env = {e["name"]: e["value"] for e in cp["environment"]}
     check(env.get("EMBATCH_TABLE") == out["TableName"] and env.get("AWS_REGION") == REGION,
           "job environment names the table and region")
+    check(env.get("EMBATCH_JOB_VCPUS") == "4" and env.get("EMBATCH_JOB_MEMORY_MIB") == "6144"
+          and env.get("EMBATCH_JOB_ROLE_ARN") == out["JobRoleArn"],
+          "job environment tells the worker its vCPUs, memory and role")
     rs = jd["retryStrategy"]
     check(rs["attempts"] == 3, "3 attempts")
     rules = [(r.get("onStatusReason"), r.get("onExitCode"), r.get("onReason"), r["action"].upper())

@@ -30,6 +30,10 @@ pub mod env {
     pub const JOB_ID: &str = "AWS_BATCH_JOB_ID";
     /// Set by the job definition: the job role's ARN, named when access is denied.
     pub const JOB_ROLE_ARN: &str = "EMBATCH_JOB_ROLE_ARN";
+    /// Set by the job definition: the vCPUs reserved for the job (its `JobVcpus`).
+    pub const JOB_VCPUS: &str = "EMBATCH_JOB_VCPUS";
+    /// Set by the job definition: the memory reserved for the job in MiB (its `JobMemoryMiB`).
+    pub const JOB_MEMORY_MIB: &str = "EMBATCH_JOB_MEMORY_MIB";
 }
 
 /// Worker exit codes, matched by the job definition's retry strategy.

@@ -9,6 +9,8 @@ use embatch_engine::Limits;
 use embatch_records::run::{env, RunLayout};
 use embatch_records::s3uri::S3Uri;
 
+use crate::resources::{PoolPlan, PoolRequest};
+
 /// Where the container image keeps the model spec.
 pub const DEFAULT_MODEL_SPEC: &str = "/opt/embatch/models/resnet18-v2.toml";
 
@@ -85,12 +87,23 @@ pub struct Config {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub buffer_mib: u64,
 
-    /// Threads decoding and preprocessing images [default: number of cores].
+    /// vCPUs reserved for this job (set by the job definition) [default: the ECS container
+    /// metadata's limit, else the CPUs this process may run on].
+    #[arg(long, env = env::JOB_VCPUS, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub job_vcpus: Option<u32>,
+
+    /// Memory reserved for this job in MiB (set by the job definition) [default: the ECS
+    /// container metadata's limit, else the cgroup's, else none].
+    #[arg(long, env = env::JOB_MEMORY_MIB, value_parser = clap::value_parser!(u64).range(64..))]
+    pub job_memory_mib: Option<u64>,
+
+    /// Threads decoding and preprocessing images [default: the job's vCPUs, fewer if its
+    /// memory cannot hold that many images of the pixel limit at once].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub decode_threads: Option<u32>,
 
     /// Threads running inference (each runs the shared model plan with its own state)
-    /// [default: number of cores].
+    /// [default: the job's vCPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub infer_threads: Option<u32>,
 
@@ -102,16 +115,19 @@ pub struct Config {
     #[arg(long, default_value_t = Limits::DEFAULT_MAX_ENCODED_BYTES)]
     pub max_encoded_bytes: u64,
 
-    /// Largest image accepted, in pixels (width x height from the header, before decoding).
-    #[arg(long, default_value_t = Limits::DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
+    /// Largest image accepted, in pixels (width x height from the header, before decoding)
+    /// [default: 100,000,000, lowered if the job's memory cannot hold one such image].
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
 
     /// Table write requests (of ≤ 25 items) in flight at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub write_concurrency: u32,
 
-    /// Seconds allowed after SIGTERM to flush computed vectors before exiting 143.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds allowed after SIGTERM to flush computed vectors before exiting 143. Below the
+    /// ECS stop timeout (60 s in the launch templates; SIGKILL after it) by 15 s, so that the
+    /// exit code, not the kill, decides the retry.
+    #[arg(long, default_value_t = 45)]
     pub shutdown_timeout_secs: u64,
 
     /// Log format: JSON lines (for CloudWatch) or human-readable with a progress bar.
@@ -141,22 +157,23 @@ impl Config {
         RunLayout::from_root(self.run_uri.clone())
     }
 
-    /// The input limits handed to the engine.
-    pub fn limits(&self) -> Limits {
+    /// The input limits handed to the engine, with the pixel limit of `plan`.
+    pub fn limits(&self, plan: &PoolPlan) -> Limits {
         Limits {
             max_encoded_bytes: self.max_encoded_bytes,
-            max_pixels: self.max_pixels,
+            max_pixels: plan.max_pixels,
         }
     }
 
-    /// Decode threads, defaulting to the number of cores.
-    pub fn decode_threads(&self) -> usize {
-        self.decode_threads.map_or_else(cores, |n| n as usize)
-    }
-
-    /// Inference threads, defaulting to the number of cores.
-    pub fn infer_threads(&self) -> usize {
-        self.infer_threads.map_or_else(cores, |n| n as usize)
+    /// What the pools are planned from besides the job's resources.
+    pub fn pool_request(&self) -> PoolRequest {
+        PoolRequest {
+            decode_threads: self.decode_threads.map(|n| n as usize),
+            infer_threads: self.infer_threads.map(|n| n as usize),
+            max_pixels: self.max_pixels.unwrap_or(Limits::DEFAULT_MAX_PIXELS),
+            max_pixels_explicit: self.max_pixels.is_some(),
+            buffer_bytes: self.buffer_mib.saturating_mul(1024 * 1024),
+        }
     }
 
     /// The job role, for error messages: its ARN, or "the job role" when unknown.
@@ -176,10 +193,6 @@ impl Config {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_secs)
     }
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]
@@ -217,7 +230,9 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.array_index, 0);
         assert_eq!(c.model_spec, PathBuf::from(DEFAULT_MODEL_SPEC));
-        assert_eq!(c.limits(), Limits::default());
+        let request = c.pool_request();
+        assert_eq!(request.max_pixels, Limits::DEFAULT_MAX_PIXELS);
+        assert!(!request.max_pixels_explicit);
     }
 
     #[test]

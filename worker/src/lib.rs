@@ -4,7 +4,8 @@
 //! [`manifest`] (read) → [`resume`] (skip what is stored) → [`fetch`] (S3) → [`prepare`]
 //! (decode + preprocess, rayon) → [`infer`] (tract, dedicated threads) → [`write`] (DynamoDB).
 //! [`accounting`] counts every line's outcome and keeps the failure report; [`shutdown`]
-//! handles SIGTERM; [`config`] and [`logging`] are the edges.
+//! handles SIGTERM; [`resources`] sizes the pools from the job's vCPUs and memory; [`config`]
+//! and [`logging`] are the edges.
 
 pub mod accounting;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod logging;
 pub mod manifest;
 pub mod pipeline;
 pub mod prepare;
+pub mod resources;
 pub mod resume;
 pub mod shutdown;
 pub mod write;
@@ -22,6 +24,7 @@ use embatch_records::run::exit;
 
 use crate::accounting::Counts;
 use crate::config::Config;
+use crate::resources::PoolPlan;
 use crate::shutdown::{Stop, StopReason};
 
 /// An error that ends the child before its manifest is done.
@@ -65,14 +68,14 @@ impl Ending {
 
 /// Runs the child: installs the SIGTERM handler, runs the pipeline, and bounds the time from a
 /// stop to the exit by `--shutdown-timeout-secs`.
-pub async fn run(config: Config, progress: indicatif::ProgressBar) -> Ending {
+pub async fn run(config: Config, plan: PoolPlan, progress: indicatif::ProgressBar) -> Ending {
     let stop = Stop::new();
     if let Err(e) = shutdown::watch_signals(stop.clone()) {
         return Ending::Failed(Fatal::Transient(anyhow::anyhow!(
             "installing the SIGTERM handler: {e}"
         )));
     }
-    let work = pipeline::run(&config, progress, stop.clone());
+    let work = pipeline::run(&config, &plan, progress, stop.clone());
     let deadline = async {
         stop.stopped().await;
         tokio::time::sleep(config.shutdown_timeout()).await;

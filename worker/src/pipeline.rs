@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::fetch::{DeniedRun, Fetcher};
 use crate::infer::{Embedder, Provenance};
 use crate::manifest::Manifest;
+use crate::resources::PoolPlan;
 use crate::resume::Current;
 use crate::shutdown::{Stop, StopReason};
 use crate::{Ending, Fatal};
@@ -36,9 +37,9 @@ use crate::{Ending, Fatal};
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the child to its end: every line accounted and the report written, or stopped.
-pub async fn run(config: &Config, progress: ProgressBar, stop: Stop) -> Ending {
+pub async fn run(config: &Config, plan: &PoolPlan, progress: ProgressBar, stop: Stop) -> Ending {
     let started = Instant::now();
-    match run_inner(config, progress, &stop, started).await {
+    match run_inner(config, plan, progress, &stop, started).await {
         Ok(ending) => ending,
         Err(fatal) => Ending::Failed(fatal),
     }
@@ -46,6 +47,7 @@ pub async fn run(config: &Config, progress: ProgressBar, stop: Stop) -> Ending {
 
 async fn run_inner(
     config: &Config,
+    plan: &PoolPlan,
     progress: ProgressBar,
     stop: &Stop,
     started: Instant,
@@ -100,7 +102,7 @@ async fn run_inner(
     };
     let engine = Arc::new(engine);
     let batch = engine.preferred_batch();
-    let (decode_threads, infer_threads) = (config.decode_threads(), config.infer_threads());
+    let (decode_threads, infer_threads) = (plan.decode_threads, plan.infer_threads);
     tracing::info!(
         images = manifest.images(),
         model = %engine.spec().name,
@@ -178,7 +180,7 @@ async fn run_inner(
     ));
     let prepare = tokio::spawn(crate::prepare::run(
         engine.clone(),
-        config.limits(),
+        config.limits(plan),
         pool,
         fetched_rx,
         prepared_tx,

@@ -388,6 +388,10 @@ resource "aws_batch_job_definition" "worker" {
       { name = "EMBATCH_TABLE", value = aws_dynamodb_table.vectors.name },
       # Named by the worker when access is denied.
       { name = "EMBATCH_JOB_ROLE_ARN", value = aws_iam_role.job.arn },
+      # The job's share of a shared instance: the worker sizes its threads and its decode
+      # memory from these, not from the instance (Batch EC2 vCPUs are CPU shares).
+      { name = "EMBATCH_JOB_VCPUS", value = tostring(var.job_vcpus) },
+      { name = "EMBATCH_JOB_MEMORY_MIB", value = tostring(var.job_memory_mib) },
     ]
     readonlyRootFilesystem = true
     privileged             = false
