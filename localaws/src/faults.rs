@@ -114,6 +114,14 @@ impl Match {
         }
     }
 
+    /// S3 PUTs of objects under `/bucket/prefix` (e.g. a run's reports).
+    pub fn s3_put_under(bucket: &str, prefix: &str) -> Self {
+        Match::S3 {
+            method: Some(Method::PUT),
+            path_prefix: Some(format!("/{bucket}/{prefix}")),
+        }
+    }
+
     fn matches(&self, request: &Seen) -> bool {
         match (self, &request.operation) {
             (Match::Any, _) => true,

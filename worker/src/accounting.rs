@@ -1,8 +1,9 @@
 //! Nothing lost: every manifest line ends in exactly one outcome (written, skipped, failed),
-//! counted here; failures go to a JSON Lines report, spooled to a temporary file so memory
-//! does not grow with the number of failures, and uploaded next to the run's manifests.
+//! counted here; failures go to a JSON Lines report, spooled to a named temporary file so
+//! memory does not grow with the number of failures, and uploaded next to the run's manifests
+//! from its path (a body the SDK can reopen, so a failed upload is retried).
 
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct Tally {
     failed: AtomicU64,
     computed: AtomicU64,
     report: Mutex<BufWriter<std::fs::File>>,
+    /// Where the report is spooled (removed when the tally is dropped).
+    report_path: tempfile::TempPath,
     progress: ProgressBar,
     /// Busy time per stage, summed over parallel workers.
     pub times: StageTimes,
@@ -97,8 +100,11 @@ impl Counts {
 impl Tally {
     /// A tally for a manifest of `images` lines; `progress` advances with each outcome.
     pub fn new(images: u64, progress: ProgressBar) -> anyhow::Result<Tally> {
-        let spool =
-            tempfile::tempfile().context("creating a temporary file for the failure report")?;
+        let named = tempfile::NamedTempFile::new()
+            .context("creating a temporary file for the failure report")?;
+        let spool = named
+            .reopen()
+            .context("opening the temporary file for the failure report")?;
         progress.set_length(images);
         Ok(Tally {
             images,
@@ -107,6 +113,7 @@ impl Tally {
             failed: AtomicU64::new(0),
             computed: AtomicU64::new(0),
             report: Mutex::new(BufWriter::new(spool)),
+            report_path: named.into_temp_path(),
             progress,
             times: StageTimes::default(),
         })
@@ -171,19 +178,13 @@ impl Tally {
     /// Uploads the failure report to `uri` (an empty file when nothing failed, so that its
     /// presence tells the child finished).
     pub async fn upload_report(&self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<()> {
-        let file = {
-            let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
-            report.flush().context("flushing the failure report")?;
-            let mut file = report
-                .get_ref()
-                .try_clone()
-                .context("reopening the failure report")?;
-            file.rewind().context("rewinding the failure report")?;
-            file
-        };
-        let body = ByteStream::read_from()
-            .file(tokio::fs::File::from_std(file))
-            .build()
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush()
+            .context("flushing the failure report")?;
+        // From the path, not an open file: the SDK can only retry a body it can reopen.
+        let body = ByteStream::from_path(&self.report_path)
             .await
             .context("reading the spooled failure report")?;
         put(s3, uri, body, "application/x-ndjson").await
@@ -221,7 +222,6 @@ async fn put(
 mod tests {
     use super::*;
     use embatch_records::manifest::ManifestLine;
-    use std::io::Read;
 
     fn item(n: usize) -> WorkItem {
         WorkItem {
@@ -248,13 +248,8 @@ mod tests {
         assert_eq!((counts.written, counts.skipped, counts.failed), (1, 1, 2));
         assert!(counts.complete());
 
-        let report = tally.report.lock().unwrap();
-        let mut file = report.get_ref().try_clone().unwrap();
-        drop(report);
         tally.report.lock().unwrap().flush().unwrap();
-        file.rewind().unwrap();
-        let mut text = String::new();
-        file.read_to_string(&mut text).unwrap();
+        let text = std::fs::read_to_string(&tally.report_path).unwrap();
         let lines: Vec<FailureLine> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

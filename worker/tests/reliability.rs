@@ -178,3 +178,31 @@ async fn dynamodb_throttling_and_unprocessed_items_and_keys_lose_no_vector() {
     assert_eq!(counts.operation("BatchWriteItem"), 0, "nothing rewritten");
     assert_eq!(fx.stored().await, lines.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_report_upload_is_retried_and_the_child_exits_0() {
+    let fx = Fixture::new().await;
+    let (mut lines, _) = upload_many(&fx, "report", 3).await;
+    lines.push(fx.put("report/broken.jpg", b"not a JPEG").await);
+    fx.put_manifest(0, &lines).await;
+    let reports = fx.layout.failures(0);
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 5,
+            rules: vec![FaultRule::new(
+                Match::s3_put_under(&fx.bucket, &reports.key),
+                Fault::Status(503),
+            )
+            .limit(1)],
+        },
+    )
+    .unwrap();
+    let (status, stderr) = run(fx.worker_via(proxy.env(), 0));
+    assert_eq!(proxy.counts().per_rule[0], 1, "the first report PUT failed");
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let failures = fx.failures(0).await;
+    assert_eq!(failures.len(), 1, "the report arrived whole: {failures:?}");
+    assert_eq!(failures[0].key, "report/broken.jpg");
+    assert_eq!(fx.summary(0).await.written, 3);
+}
