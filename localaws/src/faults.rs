@@ -80,7 +80,13 @@ pub enum Match {
         /// The operation, without the `DynamoDB_20120810.` prefix.
         operation: Option<String>,
     },
-    /// Requests that are not DynamoDB's (S3 with path-style addressing: `/bucket/key`).
+    /// AWS Batch requests, of one operation (its path, lower case: `"submitjob"`, `"listjobs"`)
+    /// or all (`None`).
+    Batch {
+        /// The operation as it appears in the path `/v1/<operation>`.
+        operation: Option<String>,
+    },
+    /// S3 requests (path-style addressing: `/bucket/key`).
     S3 {
         /// The HTTP method, or any.
         method: Option<Method>,
@@ -122,7 +128,23 @@ impl Match {
         }
     }
 
+    /// One AWS Batch operation, e.g. `Match::batch("SubmitJob")`.
+    pub fn batch(operation: &str) -> Self {
+        Match::Batch {
+            operation: Some(operation.to_ascii_lowercase()),
+        }
+    }
+
     fn matches(&self, request: &Seen) -> bool {
+        if let Match::Batch { operation } = self {
+            return request
+                .batch
+                .as_ref()
+                .is_some_and(|op| operation.as_ref().is_none_or(|o| o == op));
+        }
+        if request.batch.is_some() {
+            return matches!(self, Match::Any);
+        }
         match (self, &request.operation) {
             (Match::Any, _) => true,
             (Match::DynamoDb { operation }, Some(op)) => operation.as_ref().is_none_or(|o| o == op),
@@ -169,6 +191,12 @@ pub enum Fault {
     StallMidBody(Duration),
     /// Forward after this long: longer than the client's timeout, it is a timeout.
     Delay(Duration),
+    /// Forward (the request takes effect), then close the connection without the answer: a
+    /// response lost on the way back.
+    LostResponse,
+    /// Answer with this status and JSON body without forwarding (e.g. a listing that does not
+    /// show a new job yet: eventual consistency).
+    Respond(u16, String),
 }
 
 impl Fault {
@@ -182,6 +210,8 @@ impl Fault {
             Fault::ResetMidBody => "reset-mid-body",
             Fault::StallMidBody(_) => "stall-mid-body",
             Fault::Delay(_) => "delay",
+            Fault::LostResponse => "lost-response",
+            Fault::Respond(..) => "respond",
         }
     }
 }
@@ -197,6 +227,8 @@ pub struct FaultRule {
     pub probability: f64,
     /// At most this many injections by this rule (`None`: no limit).
     pub limit: Option<u64>,
+    /// The first this many matching requests pass unharmed (in arrival order).
+    pub skip: u64,
 }
 
 impl FaultRule {
@@ -207,7 +239,14 @@ impl FaultRule {
             fault,
             probability: 1.0,
             limit: None,
+            skip: 0,
         }
+    }
+
+    /// Let the first `n` matching requests through.
+    pub fn skip(mut self, n: u64) -> Self {
+        self.skip = n;
+        self
     }
 
     /// Fire for this fraction of matching requests.
@@ -242,6 +281,8 @@ pub struct FaultCounts {
     pub operations: BTreeMap<String, u64>,
     /// Faults injected by each rule, in plan order.
     pub per_rule: Vec<u64>,
+    /// Requests each rule matched (injected or not), in plan order.
+    pub matched: Vec<u64>,
     /// Faults injected by kind (`"throttle"`, `"unprocessed"`, `"reset"`, ...).
     pub by_kind: BTreeMap<&'static str, u64>,
     /// Items and keys returned as unprocessed by [`Fault::Unprocessed`].
@@ -290,8 +331,10 @@ struct Book {
 struct Seen {
     method: Method,
     path: String,
-    /// The DynamoDB operation, `None` for S3.
+    /// The DynamoDB operation, `None` for S3 and Batch.
     operation: Option<String>,
+    /// The Batch operation (the path's `/v1/<operation>`), `None` for S3 and DynamoDB.
+    batch: Option<String>,
 }
 
 impl FaultProxy {
@@ -318,6 +361,7 @@ impl FaultProxy {
             book: Mutex::new(Book {
                 counts: FaultCounts {
                     per_rule: vec![0; plan.rules.len()],
+                    matched: vec![0; plan.rules.len()],
                     ..FaultCounts::default()
                 },
                 ..Book::default()
@@ -414,10 +458,14 @@ impl State {
             .and_then(|v| v.to_str().ok())
             .and_then(|t| t.strip_prefix(DYNAMODB_TARGET_PREFIX))
             .map(str::to_string);
+        let batch = iam::signer(&parts.headers)
+            .filter(|(_, service)| service == "batch")
+            .and_then(|_| parts.uri.path().strip_prefix("/v1/").map(str::to_string));
         let seen = Seen {
             method: parts.method.clone(),
             path: parts.uri.path().to_string(),
             operation,
+            batch,
         };
         let json: Option<Value> = seen
             .operation
@@ -445,9 +493,10 @@ impl State {
             let mut book = self.book.lock().expect("fault book lock");
             let book = &mut *book;
             book.counts.requests += 1;
-            let op_name = match &seen.operation {
-                Some(op) => op.clone(),
-                None => format!("S3 {}", seen.method),
+            let op_name = match (&seen.operation, &seen.batch) {
+                (Some(op), _) => op.clone(),
+                (None, Some(op)) => format!("Batch {op}"),
+                (None, None) => format!("S3 {}", seen.method),
             };
             *book.counts.operations.entry(op_name).or_default() += 1;
             if let (Some(op), Some(v)) = (&seen.operation, &json) {
@@ -461,7 +510,11 @@ impl State {
             *occurrence += 1;
             let mut chosen = None;
             for (i, rule) in self.plan.rules.iter().enumerate() {
-                if !rule.when.matches(&seen)
+                if !rule.when.matches(&seen) {
+                    continue;
+                }
+                book.counts.matched[i] += 1;
+                if book.counts.matched[i] <= rule.skip
                     || rule.limit.is_some_and(|l| book.counts.per_rule[i] >= l)
                     || matches!(rule.fault, Fault::Unprocessed) && !is_batch(&seen)
                 {
@@ -512,6 +565,14 @@ impl State {
                 tokio::time::sleep(delay).await;
                 self.forward(parts, body).await.map(full_response)
             }
+            Some((Fault::LostResponse, _)) => {
+                self.forward(parts, body).await?;
+                anyhow::bail!("injected lost response")
+            }
+            Some((Fault::Respond(status, body), _)) => Ok(json_answer(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                body,
+            )),
             Some((Fault::ResetMidBody, _)) => {
                 let response = self.forward(parts, body).await?;
                 Ok(half_then_close(response, Duration::ZERO))

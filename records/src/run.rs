@@ -111,7 +111,10 @@ pub fn new_run_id() -> String {
     format!("{stamp}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
-/// The submission plan of a run (`run.json`): what `status` reads to follow the run.
+/// The submission plan of a run (`run.json`): what `status` reads to follow the run. The
+/// submitter writes it before the first `SubmitJob`, every job listed without an id, and again
+/// after each job is submitted: a submitter that stops part way leaves a plan that says which
+/// jobs exist.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunPlan {
     /// The run id.
@@ -130,11 +133,11 @@ pub struct RunPlan {
     pub submitted_at: String,
 }
 
-/// One submitted Batch job: a plain job (one manifest) or an array job.
+/// One Batch job of a run: a plain job (one manifest) or an array job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubmittedJob {
-    /// The Batch job id.
-    pub job_id: String,
+    /// The Batch job id; `None` while (or if) the job is not submitted.
+    pub job_id: Option<String>,
     /// The job name (carries the run id).
     pub job_name: String,
     /// The manifest number of index 0 ([`env::MANIFEST_OFFSET`]).

@@ -8,7 +8,8 @@
 //!    job definition and table exist;
 //! 3. [`listing`]: list every prefix (all pages, concurrently), keep images once each;
 //! 4. [`plan`]: assign ImageIds (refusing collisions), chunk into manifests, split into jobs;
-//! 5. [`submission`]: write the manifests, submit the jobs, write `run.json`.
+//! 5. [`submission`]: write the manifests, write `run.json`, submit the jobs one by one, each
+//!    recorded in `run.json` as soon as AWS Batch has it.
 //!
 //! [`status`] follows a submitted run.
 
@@ -63,6 +64,8 @@ pub struct SubmitOptions {
     pub model_spec: String,
     /// Images per manifest (one manifest per array child).
     pub images_per_job: usize,
+    /// Children per array job, 2..=[`MAX_ARRAY_SIZE`] (AWS Batch's limits).
+    pub max_array_size: usize,
     /// How ImageIds are made.
     pub image_id: ImageIdMode,
     /// Which objects are images.
@@ -148,6 +151,12 @@ pub async fn submit(
     if options.images_per_job == 0 {
         return Err(InputError("--images-per-job must be at least 1".into()).into());
     }
+    if !(2..=MAX_ARRAY_SIZE).contains(&options.max_array_size) {
+        return Err(InputError(format!(
+            "--max-array-size must be 2..={MAX_ARRAY_SIZE} (AWS Batch's array sizes)"
+        ))
+        .into());
+    }
     let roots = event.resolve(options.bucket.as_deref())?;
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
 
@@ -172,7 +181,7 @@ pub async fn submit(
     }
     let lines = plan::assign_image_ids(listing.images, options.image_id)?;
     let chunks: Vec<&[ManifestLine]> = lines.chunks(options.images_per_job).collect();
-    let specs = plan::split_jobs(chunks.len(), MAX_ARRAY_SIZE);
+    let specs = plan::split_jobs(chunks.len(), options.max_array_size);
 
     let run_id = new_run_id();
     let layout = RunLayout::new(&runs, &run_id);
@@ -207,27 +216,27 @@ pub async fn submit(
         table: &options.table,
         model_spec: &options.model_spec,
     };
-    summary.jobs = submission::submit_jobs(&clients.batch, &target, &specs).await?;
-    let plan = RunPlan {
+    let mut plan = RunPlan {
         run_id: run_id.clone(),
         run_uri: layout.root.to_string(),
         table: options.table.clone(),
         images: summary.images,
         manifests: summary.manifests,
-        jobs: summary.jobs.clone(),
+        jobs: planned_jobs(&run_id, &specs),
         submitted_at: now_rfc3339(),
     };
-    submission::write_plan(&clients.s3, &layout, &plan).await?;
+    submission::submit_jobs(clients, &target, &specs, &mut plan).await?;
+    summary.jobs = plan.jobs;
     Ok(summary)
 }
 
-/// The jobs of a dry run, with empty job ids.
+/// The jobs of a plan, not yet submitted (no job ids).
 fn planned_jobs(run_id: &str, specs: &[JobSpec]) -> Vec<SubmittedJob> {
     specs
         .iter()
         .enumerate()
         .map(|(i, s)| SubmittedJob {
-            job_id: String::new(),
+            job_id: None,
             job_name: submission::job_name(run_id, i),
             manifest_offset: s.manifest_offset,
             array_size: s.array_size(),

@@ -79,6 +79,9 @@ struct SubmitArgs {
     /// Images per manifest; one manifest per array child.
     #[arg(long, default_value_t = DEFAULT_IMAGES_PER_JOB, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     images_per_job: usize,
+    /// Children per array job (AWS Batch allows 2..=10000); more manifests make more jobs.
+    #[arg(long, default_value_t = embatch_records::run::MAX_ARRAY_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=10_000))]
+    max_array_size: usize,
     /// How an object becomes its ImageId.
     #[arg(long, value_enum, default_value_t = ImageIdMode::Key)]
     image_id: ImageIdMode,
@@ -173,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 table: args.table,
                 model_spec: args.model_spec,
                 images_per_job: args.images_per_job,
+                max_array_size: args.max_array_size,
                 image_id: args.image_id,
                 extensions: ExtensionFilter::new(&args.extensions),
                 seconds_per_image: args.seconds_per_image,

@@ -13,8 +13,10 @@ use embatch_records::s3uri::S3Uri;
 
 use crate::{Clients, InputError};
 
-/// Batch states in which a child is finished.
-const DONE_STATES: [&str; 2] = ["SUCCEEDED", "FAILED"];
+/// The state of the children of a planned job the submitter never submitted (it stopped).
+pub const NOT_SUBMITTED: &str = "NOT_SUBMITTED";
+/// States in which a child is finished (or never going to run).
+const DONE_STATES: [&str; 3] = ["SUCCEEDED", "FAILED", NOT_SUBMITTED];
 /// How many failure lines and failed children the status shows.
 const EXAMPLES: usize = 5;
 /// How many report objects are read at once.
@@ -173,10 +175,11 @@ async fn job_states(
     plan: &RunPlan,
 ) -> anyhow::Result<(Vec<JobState>, Vec<FailedChild>)> {
     let mut described = BTreeMap::new();
-    for ids in plan.jobs.chunks(DESCRIBE_BATCH) {
+    let ids: Vec<String> = plan.jobs.iter().filter_map(|j| j.job_id.clone()).collect();
+    for ids in ids.chunks(DESCRIBE_BATCH) {
         let out = batch
             .describe_jobs()
-            .set_jobs(Some(ids.iter().map(|j| j.job_id.clone()).collect()))
+            .set_jobs(Some(ids.to_vec()))
             .send()
             .await
             .with_context(|| format!("describing the jobs of run {}", plan.run_id))?;
@@ -188,10 +191,22 @@ async fn job_states(
     let mut states = Vec::with_capacity(plan.jobs.len());
     let mut failed = Vec::new();
     for submitted in &plan.jobs {
-        let job = described.get(&submitted.job_id).with_context(|| {
+        let Some(job_id) = &submitted.job_id else {
+            // Planned, never submitted: the submitter stopped before it.
+            states.push(JobState {
+                job_id: String::new(),
+                status: NOT_SUBMITTED.to_string(),
+                children: BTreeMap::from([(
+                    NOT_SUBMITTED.to_string(),
+                    submitted.array_size.unwrap_or(1) as u64,
+                )]),
+            });
+            continue;
+        };
+        let job = described.get(job_id).with_context(|| {
             format!(
-                "job {} ({}) of run {} is unknown to AWS Batch",
-                submitted.job_id, submitted.job_name, plan.run_id
+                "job {job_id} ({}) of run {} is unknown to AWS Batch",
+                submitted.job_name, plan.run_id
             )
         })?;
         let status = job
@@ -205,7 +220,7 @@ async fn job_states(
                 if status == "FAILED" {
                     failed.push(FailedChild {
                         manifest: submitted.manifest_offset,
-                        job_id: submitted.job_id.clone(),
+                        job_id: job_id.clone(),
                         reason: job.status_reason().map(str::to_string),
                     });
                 }
@@ -226,15 +241,12 @@ async fn job_states(
                     }
                 }
                 if children.get("FAILED").is_some_and(|&n| n > 0) && failed.len() < EXAMPLES {
-                    failed.extend(
-                        failed_children(batch, &submitted.job_id, submitted.manifest_offset)
-                            .await?,
-                    );
+                    failed.extend(failed_children(batch, job_id, submitted.manifest_offset).await?);
                 }
             }
         }
         states.push(JobState {
-            job_id: submitted.job_id.clone(),
+            job_id: job_id.clone(),
             status,
             children,
         });

@@ -1,14 +1,20 @@
-//! Writing a run's manifests and plan to S3, and submitting its jobs to AWS Batch.
+//! Writing a run's manifests and plan to S3, and submitting its jobs to AWS Batch, once each.
+
+use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, KeyValuePair};
+use aws_config::retry::RetryConfig;
+use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, KeyValuePair, KeyValuesPair};
 use futures::{StreamExt, TryStreamExt};
 
 use embatch_records::manifest::{to_jsonl, ManifestLine};
-use embatch_records::run::{env, RunLayout, RunPlan, SubmittedJob};
+use embatch_records::retry::{is_throttling, is_transient_sdk_error};
+use embatch_records::run::{env, RunLayout, RunPlan};
 use embatch_records::s3uri::S3Uri;
+use embatch_records::sdk_error::describe;
 
 use crate::plan::JobSpec;
+use crate::Clients;
 
 /// How many manifests are uploaded at once.
 const WRITE_CONCURRENCY: usize = 16;
@@ -97,20 +103,69 @@ pub fn job_environment(target: &JobTarget<'_>, manifest_offset: usize) -> Vec<(S
     .collect()
 }
 
-/// Submits the jobs in order. On a failure the error names the jobs already submitted, so
-/// they can be cancelled or followed.
+/// How often a `SubmitJob` whose outcome is unknown is sent again.
+const SUBMIT_ATTEMPTS: u32 = 4;
+
+/// How long a job whose `SubmitJob` answer was lost is looked for by name before it is sent
+/// again: `ListJobs` is eventually consistent, so a job accepted a moment ago may not be listed
+/// yet. Looked up after 1, 2, 4, 8 and 5 s.
+const LOOKUP_WAITS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(5),
+];
+
+/// Submits the jobs of `plan` in order, writing `run.json` before the first and after each, so
+/// that a submitter that stops part way leaves a plan naming exactly the jobs that exist.
+/// `SubmitJob` has no idempotency token, so the SDK does not retry it: when its answer is lost
+/// (a timeout, a broken connection, a 5xx) the job is first looked up by its deterministic name
+/// ([`job_name`]), and only sent again if it is not found.
 pub async fn submit_jobs(
+    clients: &Clients,
+    target: &JobTarget<'_>,
+    specs: &[JobSpec],
+    plan: &mut RunPlan,
+) -> anyhow::Result<()> {
+    write_plan(&clients.s3, target.layout, plan).await?;
+    for (i, spec) in specs.iter().enumerate() {
+        let job_id = submit_job(&clients.batch, target, i, spec)
+            .await
+            .with_context(|| {
+                let done: Vec<&str> = plan.jobs.iter().filter_map(|j| j.job_id.as_deref()).collect();
+                format!(
+                    "submitting job {} (manifests {}..{}); already submitted: {done:?} ({} lists them)",
+                    job_name(target.run_id, i),
+                    spec.manifest_offset,
+                    spec.manifest_offset + spec.manifests,
+                    target.layout.plan()
+                )
+            })?;
+        tracing::info!(job = %plan.jobs[i].job_name, %job_id, array_size = ?spec.array_size(), "submitted");
+        plan.jobs[i].job_id = Some(job_id);
+        write_plan(&clients.s3, target.layout, plan).await?;
+    }
+    Ok(())
+}
+
+/// Submits job `i` once, whatever happens to the answers; returns its job id.
+async fn submit_job(
     batch: &aws_sdk_batch::Client,
     target: &JobTarget<'_>,
-    jobs: &[JobSpec],
-) -> anyhow::Result<Vec<SubmittedJob>> {
-    let mut submitted: Vec<SubmittedJob> = Vec::with_capacity(jobs.len());
-    for (i, spec) in jobs.iter().enumerate() {
-        let name = job_name(target.run_id, i);
-        let environment = job_environment(target, spec.manifest_offset)
-            .into_iter()
-            .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
-            .collect();
+    i: usize,
+    spec: &JobSpec,
+) -> anyhow::Result<String> {
+    let name = job_name(target.run_id, i);
+    let environment: Vec<KeyValuePair> = job_environment(target, spec.manifest_offset)
+        .into_iter()
+        .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
+        .collect();
+    let no_retries =
+        aws_sdk_batch::config::Builder::default().retry_config(RetryConfig::disabled());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let mut request = batch
             .submit_job()
             .job_name(&name)
@@ -118,7 +173,7 @@ pub async fn submit_jobs(
             .job_definition(target.job_definition)
             .container_overrides(
                 ContainerOverrides::builder()
-                    .set_environment(Some(environment))
+                    .set_environment(Some(environment.clone()))
                     .build(),
             )
             .tags("embatch:run-id", target.run_id);
@@ -126,25 +181,72 @@ pub async fn submit_jobs(
             request =
                 request.array_properties(ArrayProperties::builder().size(size as i32).build());
         }
-        let out = request.send().await.map_err(|e| {
-            let done: Vec<&str> = submitted.iter().map(|j| j.job_id.as_str()).collect();
-            anyhow::Error::new(e).context(format!(
-                "submitting job {name} (manifests {}..{}); already submitted: {done:?}",
-                spec.manifest_offset,
-                spec.manifest_offset + spec.manifests
-            ))
-        })?;
-        let job_id = out
-            .job_id()
-            .with_context(|| format!("AWS Batch returned no job id for {name}"))?
-            .to_string();
-        tracing::info!(job = %name, %job_id, array_size = ?spec.array_size(), "submitted");
-        submitted.push(SubmittedJob {
-            job_id,
-            job_name: name,
-            manifest_offset: spec.manifest_offset,
-            array_size: spec.array_size(),
-        });
+        let error = match request
+            .customize()
+            .config_override(no_retries.clone())
+            .send()
+            .await
+        {
+            Ok(out) => {
+                return out
+                    .job_id()
+                    .map(str::to_string)
+                    .with_context(|| format!("AWS Batch returned no job id for {name}"))
+            }
+            Err(e) if !is_transient_sdk_error(&e) => {
+                return Err(anyhow::anyhow!("{}", describe(&e)))
+            }
+            Err(e) => e,
+        };
+        // Throttled: refused, not accepted. Anything else may have created the job.
+        if !is_throttling(&error) {
+            tracing::warn!(job = %name, error = %describe(&error), "SubmitJob's answer was lost; looking the job up by name");
+            if let Some(id) = find_by_name(batch, target.queue, &name).await? {
+                tracing::info!(job = %name, job_id = %id, "found: it was submitted");
+                return Ok(id);
+            }
+        }
+        if attempt >= SUBMIT_ATTEMPTS {
+            return Err(anyhow::anyhow!(
+                "{} (after {attempt} attempts)",
+                describe(&error)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
     }
-    Ok(submitted)
+}
+
+/// The id of the job named `name` in `queue`, looked for over [`LOOKUP_WAITS`].
+async fn find_by_name(
+    batch: &aws_sdk_batch::Client,
+    queue: &str,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    for wait in LOOKUP_WAITS {
+        tokio::time::sleep(wait).await;
+        let mut pages = batch
+            .list_jobs()
+            .job_queue(queue)
+            .filters(
+                KeyValuesPair::builder()
+                    .name("JOB_NAME")
+                    .values(name)
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| anyhow::anyhow!("{}", describe(&e)))
+                .with_context(|| format!("looking up job {name} in {queue}"))?;
+            if let Some(job) = page
+                .job_summary_list()
+                .iter()
+                .find(|j| j.job_name() == Some(name))
+            {
+                return Ok(job.job_id().map(str::to_string));
+            }
+        }
+    }
+    Ok(None)
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use common::Fixture;
 use embatch_localaws::emulator::unique_name;
+use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
 use embatch_records::manifest::{parse_jsonl, ManifestLine};
 use embatch_records::run::{env, RunLayout, RunPlan};
 use embatch_records::s3uri::S3Uri;
@@ -634,4 +635,173 @@ async fn a_path_outside_the_readable_prefixes_is_refused_before_anything_is_writ
         .embatch_with(&args, None, &[("EMBATCH_READABLE_PREFIXES", &readable)])
         .await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// The run's plan as `run.json` holds it.
+async fn run_json(f: &Fixture, summary: &serde_json::Value) -> RunPlan {
+    let uri =
+        RunLayout::from_root(S3Uri::parse(summary["run_uri"].as_str().unwrap()).unwrap()).plan();
+    serde_json::from_slice(&f.get(&uri.bucket, &uri.key).await).unwrap()
+}
+
+/// The ids of every job in the fixture's queue (the emulator also lists array children,
+/// `<id>:<index>`: those are left out).
+async fn queue_job_ids(f: &Fixture) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for status in aws_sdk_batch::types::JobStatus::values() {
+        let out = f
+            .batch
+            .list_jobs()
+            .job_queue(&f.resources.job_queue)
+            .job_status(aws_sdk_batch::types::JobStatus::from(*status))
+            .send()
+            .await
+            .unwrap();
+        ids.extend(
+            out.job_summary_list()
+                .iter()
+                .map(|j| j.job_id().unwrap().to_string())
+                .filter(|id| !id.contains(':')),
+        );
+    }
+    ids
+}
+
+/// Five manifests in arrays of at most two: three jobs (2, 2, 1).
+async fn three_job_run(f: &Fixture) -> Vec<String> {
+    let keys: Vec<String> = (0..5).map(|i| format!("three/{i}.jpg")).collect();
+    f.put_all(&f.bucket, &keys, b"x").await;
+    let mut args = f.submit_args();
+    args.extend(strings(&[
+        "--images-per-job",
+        "1",
+        "--max-array-size",
+        "2",
+        "three/",
+    ]));
+    args
+}
+
+#[tokio::test]
+async fn a_submitjob_whose_answer_is_lost_is_found_by_name_and_not_submitted_twice() {
+    let f = Fixture::new().await;
+    let args = three_job_run(&f).await;
+    // The second SubmitJob is accepted but its answer lost; the job is not listed at once.
+    let proxy = FaultProxy::start(
+        &f.emulator.endpoint(),
+        FaultPlan {
+            seed: 1,
+            rules: vec![
+                FaultRule::new(Match::batch("SubmitJob"), Fault::LostResponse)
+                    .skip(1)
+                    .limit(1),
+                FaultRule::new(
+                    Match::batch("ListJobs"),
+                    Fault::Respond(200, r#"{"jobSummaryList": []}"#.into()),
+                )
+                .limit(2),
+            ],
+        },
+    )
+    .unwrap();
+    let endpoint = proxy.endpoint();
+    let out = f
+        .embatch_with(&args, None, &[("AWS_ENDPOINT_URL", &endpoint)])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let counts = proxy.counts();
+    assert_eq!(counts.per_rule, vec![1, 2], "{counts:?}");
+    assert_eq!(
+        counts.operation("Batch submitjob"),
+        3,
+        "sent once each: {counts:?}"
+    );
+    assert_eq!(
+        counts.operation("Batch listjobs"),
+        3,
+        "two misses, then found"
+    );
+
+    let summary = out.json();
+    let plan = run_json(&f, &summary).await;
+    let planned: BTreeSet<String> = plan
+        .jobs
+        .iter()
+        .map(|j| j.job_id.clone().unwrap())
+        .collect();
+    assert_eq!(planned.len(), 3);
+    assert_eq!(
+        queue_job_ids(&f).await,
+        planned,
+        "exactly the planned jobs exist"
+    );
+    let printed: BTreeSet<String> = summary["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(printed, planned);
+}
+
+#[tokio::test]
+async fn run_json_names_the_jobs_that_exist_when_the_submitter_stops_part_way() {
+    let f = Fixture::new().await;
+    let args = three_job_run(&f).await;
+    let proxy = FaultProxy::start(
+        &f.emulator.endpoint(),
+        FaultPlan {
+            seed: 2,
+            rules: vec![FaultRule::new(
+                Match::batch("SubmitJob"),
+                Fault::Respond(
+                    400,
+                    r#"{"__type": "ClientException", "message": "injected: queue disabled"}"#
+                        .into(),
+                ),
+            )
+            .skip(1)],
+        },
+    )
+    .unwrap();
+    let endpoint = proxy.endpoint();
+    let out = f
+        .embatch_with(&args, None, &[("AWS_ENDPOINT_URL", &endpoint)])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already submitted") && out.stderr.contains("run.json"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        proxy.counts().operation("Batch submitjob"),
+        2,
+        "a permanent error is not retried"
+    );
+
+    let runs = f.keys(&f.bucket, RUNS).await;
+    let plan_key = runs
+        .iter()
+        .find(|k| k.ends_with("/run.json"))
+        .expect("run.json written");
+    let plan: RunPlan = serde_json::from_slice(&f.get(&f.bucket, plan_key).await).unwrap();
+    let ids: Vec<Option<String>> = plan.jobs.iter().map(|j| j.job_id.clone()).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        ids[0].is_some() && ids[1].is_none() && ids[2].is_none(),
+        "{ids:?}"
+    );
+    assert_eq!(
+        queue_job_ids(&f).await,
+        BTreeSet::from([ids[0].clone().unwrap()])
+    );
+
+    // status follows what exists and says what never will.
+    let status = strings(&["status", &plan.run_id, "--bucket", &f.bucket]);
+    let out = f.embatch(&status, None).await;
+    assert_eq!(out.code, 4, "finished, not succeeded: {}", out.stderr);
+    let s = out.json();
+    assert_eq!(s["children"]["NOT_SUBMITTED"], 3, "{s}");
+    assert_eq!(s["children"]["SUCCEEDED"], 2, "{s}");
 }
