@@ -229,6 +229,8 @@ pub struct FaultRule {
     pub limit: Option<u64>,
     /// The first this many matching requests pass unharmed (in arrival order).
     pub skip: u64,
+    /// Fire only within this long of the rule's first matching request (`None`: always).
+    pub window: Option<Duration>,
 }
 
 impl FaultRule {
@@ -240,7 +242,15 @@ impl FaultRule {
             probability: 1.0,
             limit: None,
             skip: 0,
+            window: None,
         }
+    }
+
+    /// Fire only during the first `d` after the first matching request: an episode of
+    /// throttling that ends, say.
+    pub fn during(mut self, d: Duration) -> Self {
+        self.window = Some(d);
+        self
     }
 
     /// Let the first `n` matching requests through.
@@ -281,8 +291,11 @@ pub struct FaultCounts {
     pub operations: BTreeMap<String, u64>,
     /// Faults injected by each rule, in plan order.
     pub per_rule: Vec<u64>,
-    /// Requests each rule matched (injected or not), in plan order.
+    /// Requests each rule matched (injected or not, if no earlier rule fired), in plan order.
     pub matched: Vec<u64>,
+    /// Of those, the requests within the rule's [`FaultRule::during`] window (all of them for
+    /// a rule without one).
+    pub in_window: Vec<u64>,
     /// Faults injected by kind (`"throttle"`, `"unprocessed"`, `"reset"`, ...).
     pub by_kind: BTreeMap<&'static str, u64>,
     /// Items and keys returned as unprocessed by [`Fault::Unprocessed`].
@@ -323,6 +336,8 @@ struct State {
 #[derive(Default)]
 struct Book {
     counts: FaultCounts,
+    /// When each rule first matched.
+    first_match: HashMap<usize, std::time::Instant>,
     /// How often each request content was seen before.
     occurrences: HashMap<u64, u64>,
 }
@@ -362,6 +377,7 @@ impl FaultProxy {
                 counts: FaultCounts {
                     per_rule: vec![0; plan.rules.len()],
                     matched: vec![0; plan.rules.len()],
+                    in_window: vec![0; plan.rules.len()],
                     ..FaultCounts::default()
                 },
                 ..Book::default()
@@ -514,7 +530,16 @@ impl State {
                     continue;
                 }
                 book.counts.matched[i] += 1;
+                let first = *book
+                    .first_match
+                    .entry(i)
+                    .or_insert_with(std::time::Instant::now);
+                let outside = rule.window.is_some_and(|w| first.elapsed() > w);
+                if !outside {
+                    book.counts.in_window[i] += 1;
+                }
                 if book.counts.matched[i] <= rule.skip
+                    || outside
                     || rule.limit.is_some_and(|l| book.counts.per_rule[i] >= l)
                     || matches!(rule.fault, Fault::Unprocessed) && !is_batch(&seen)
                 {

@@ -206,3 +206,61 @@ async fn a_failed_report_upload_is_retried_and_the_child_exits_0() {
     assert_eq!(failures[0].key, "report/broken.jpg");
     assert_eq!(fx.summary(0).await.written, 3);
 }
+
+/// A new on-demand table throttling while it scales (deploy/README.md, "DynamoDB write
+/// capacity"): 60 % of the BatchWriteItem requests throttled for a minute. The child slows
+/// down (the writer's pacer, the SDK's and our retries) and fails nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_of_throttling_on_60_percent_of_writes_stores_every_image() {
+    let fx = Fixture::new().await;
+    let (lines, _) = upload_many(&fx, "scaling", 1200).await;
+    fx.put_manifest(0, &lines).await;
+    let write = || Match::dynamodb("BatchWriteItem");
+    let proxy = FaultProxy::start(
+        &fx.emulator.endpoint(),
+        FaultPlan {
+            seed: 60,
+            rules: vec![
+                FaultRule::new(write(), Fault::Throttle)
+                    .probability(0.4)
+                    .during(std::time::Duration::from_secs(60)),
+                FaultRule::new(write(), Fault::Unprocessed)
+                    .probability(0.33)
+                    .during(std::time::Duration::from_secs(60)),
+            ],
+        },
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (status, stderr) = run(fx.worker_via(proxy.env(), 0));
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let counts = proxy.counts();
+    let summary = fx.summary(0).await;
+    report("dynamodb-scaling", lines.len(), &counts, &summary);
+    eprintln!(
+        "RELIABILITY dynamodb-scaling: took={:.1}s write_requests={} throttled={} unprocessed={}",
+        took.as_secs_f64(),
+        counts.operation("BatchWriteItem"),
+        counts.per_rule[0],
+        counts.per_rule[1]
+    );
+    // 0.4 + 0.6 * 0.33: about 60 % of the write requests in the minute did not go through
+    // whole; the run outlasted the minute.
+    let faulted = (counts.per_rule[0] + counts.per_rule[1]) as f64;
+    let ratio = faulted / counts.in_window[0] as f64;
+    assert!(
+        counts.in_window[0] < counts.matched[0],
+        "the run outlasted the minute: {counts:?}"
+    );
+    assert!(
+        (0.5..0.7).contains(&ratio),
+        "{ratio:.2} of writes faulted: {counts:?}"
+    );
+    assert_eq!(
+        (summary.written, summary.failed),
+        (lines.len() as u64, 0),
+        "{stderr}"
+    );
+    assert_eq!(fx.stored().await, lines.len(), "one item per image");
+}
