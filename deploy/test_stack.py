@@ -69,6 +69,35 @@ def check_template_statically() -> None:
     check(table["SSESpecification"]["SSEEnabled"] is True, "template: table encrypted")
     check(table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True,
           "template: table point-in-time recovery")
+    check_shutdown_margin()
+
+
+# The worker must have flushed and exited 143 this long before the ECS agent's SIGKILL.
+SHUTDOWN_MARGIN_S = 10
+
+
+def check_shutdown_margin() -> None:
+    """Both launch templates drain Spot instances and give stopped containers a stop timeout
+    the worker's default shutdown grace fits into with a margin."""
+    import re
+    texts = {p: (ROOT / p).read_text() for p in
+             ["deploy/cloudformation/embatch.yaml", "deploy/terraform/modules/embatch/main.tf"]}
+    timeouts = set()
+    for path, text in texts.items():
+        check("ECS_ENABLE_SPOT_INSTANCE_DRAINING=true" in text, f"{path}: Spot instance draining on")
+        found = re.findall(r"ECS_CONTAINER_STOP_TIMEOUT=(\d+)s", text)
+        check(len(found) == 1, f"{path}: one ECS_CONTAINER_STOP_TIMEOUT")
+        timeouts.add(int(found[0]))
+    check(len(timeouts) == 1, f"the same stop timeout in both variants: {timeouts}")
+    worker = ROOT / "target" / "release" / "embatch-worker"
+    if not worker.is_file():
+        print("  --  target/release/embatch-worker not built: shutdown grace not compared")
+        return
+    help_text = subprocess.run([str(worker), "--help"], capture_output=True, text=True).stdout
+    grace = int(re.search(r"--shutdown-timeout-secs.*?\[default: (\d+)\]", help_text, re.S).group(1))
+    stop = timeouts.pop()
+    check(grace + SHUTDOWN_MARGIN_S <= stop,
+          f"the worker's shutdown grace ({grace} s) ends {stop - grace} s before the stop timeout ({stop} s)")
 
 
 def check_resources(c: dict, out: dict, prefixes: list[str], subnet: str, sg: str) -> None:
