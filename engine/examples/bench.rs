@@ -4,10 +4,11 @@
 //! ```text
 //! cargo run --release -p embatch-engine --example bench -- [--images DIR] [--spec SPEC.toml]
 //! ```
-//! Without `--images`, synthetic photos are generated (8 small 500x375, 4 large 4000x3000
-//! JPEGs); without `--spec`, the generated ResNet18-architecture test model is used (same
-//! graph and cost as the real ResNet18). Figures are medians over `--runs` runs. Prints a
-//! Markdown section for BENCHMARKS.md.
+//! Without `--images`, synthetic photos are generated (8 small 500x375, 4 large 4000x3000, 2
+//! very large 6000x4000 baseline and 2 progressive JPEGs); without `--spec`, the generated
+//! ResNet18-architecture test model is used (same graph and cost as the real ResNet18).
+//! Figures are medians over `--runs` runs. `--decode-only` skips inference. Prints a Markdown
+//! section for BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,10 +27,14 @@ struct Args {
     /// Use this model file instead of the spec's `file`.
     #[arg(long)]
     model_file: Option<PathBuf>,
-    /// A directory of photos (searched recursively for .jpg/.jpeg): small = longer side <=
-    /// 1000 px, large = longer side >= 2000 px. Default: generated synthetic photos.
+    /// A directory of photos (searched recursively for .jpg/.jpeg), in sets by size: small
+    /// (longer side <= 1000 px), large (1001-5000), very large (> 5000, baseline and
+    /// progressive apart). Default: generated synthetic photos.
     #[arg(long)]
     images: Option<PathBuf>,
+    /// Decode and preprocess only: no inference figures.
+    #[arg(long)]
+    decode_only: bool,
     /// Timed runs per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -80,22 +85,39 @@ fn jpegs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn classify(paths: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let (mut small, mut large) = (Vec::new(), Vec::new());
+/// The image sets, in report order.
+const SETS: [&str; 4] = ["small", "large", "very large", "very large progressive"];
+
+/// Which set a JPEG of `w` x `h` belongs to.
+fn set_of(w: u32, h: u32, progressive: bool) -> &'static str {
+    match w.max(h) {
+        0..=1000 => "small",
+        1001..=5000 => "large",
+        _ if progressive => "very large progressive",
+        _ => "very large",
+    }
+}
+
+/// At most 40 small and 12 of each larger set.
+fn classify(paths: Vec<PathBuf>) -> Vec<(&'static str, Vec<PathBuf>)> {
+    let mut sets: Vec<(&'static str, Vec<PathBuf>)> =
+        SETS.iter().map(|s| (*s, Vec::new())).collect();
     for p in paths {
-        let Ok((w, h)) = image::ImageReader::open(&p).and_then(|r| {
-            r.into_dimensions()
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        }) else {
+        let Some(header) = std::fs::read(&p)
+            .ok()
+            .and_then(|b| turbojpeg::read_header(&b).ok())
+        else {
             continue;
         };
-        if w.max(h) <= 1000 && small.len() < 40 {
-            small.push(p);
-        } else if w.max(h) >= 2000 && large.len() < 12 {
-            large.push(p);
+        let (w, h) = (header.width as u32, header.height as u32);
+        let name = set_of(w, h, header.is_progressive);
+        let set = &mut sets.iter_mut().find(|(n, _)| *n == name).unwrap().1;
+        if set.len() < if name == "small" { 40 } else { 12 } {
+            set.push(p);
         }
     }
-    (small, large)
+    sets.retain(|(_, v)| !v.is_empty());
+    sets
 }
 
 /// Median ms per image of `prepare` on one thread.
@@ -159,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let _tmp;
-    let (small, large) = match &args.images {
+    let sets = match &args.images {
         Some(dir) => {
             let mut all = Vec::new();
             jpegs(dir, &mut all);
@@ -183,26 +205,88 @@ fn main() -> anyhow::Result<()> {
             classify(all)
         }
     };
-    anyhow::ensure!(!small.is_empty() || !large.is_empty(), "no usable images");
-    let read =
-        |v: &[PathBuf]| -> std::io::Result<Vec<Vec<u8>>> { v.iter().map(std::fs::read).collect() };
-    let (small_bytes, large_bytes) = (read(&small)?, read(&large)?);
+    anyhow::ensure!(!sets.is_empty(), "no usable images");
+    let bytes: Vec<Vec<Vec<u8>>> = sets
+        .iter()
+        .map(|(_, v)| v.iter().map(std::fs::read).collect::<std::io::Result<_>>())
+        .collect::<std::io::Result<_>>()?;
 
     let engine = Engine::load(&spec)?;
+    let counts: Vec<String> = sets
+        .iter()
+        .map(|(n, v)| format!("{} {n}", v.len()))
+        .collect();
     eprintln!(
-        "model {} ({}), embedding tensor {}, {} small + {} large images, {} cores",
+        "model {} ({}), embedding tensor {}, images: {}, {} cores",
         spec.name,
         spec.file.display(),
         engine.embedding_tensor(),
-        small.len(),
-        large.len(),
+        counts.join(", "),
         cores
     );
-    let prep_small = (!small.is_empty()).then(|| time_prepare(&engine, &small_bytes, args.runs));
-    let prep_large = (!large.is_empty()).then(|| time_prepare(&engine, &large_bytes, args.runs));
+    let prepare_ms: Vec<f64> = bytes
+        .iter()
+        .map(|files| time_prepare(&engine, files, args.runs))
+        .collect();
 
-    let first = small_bytes.first().or(large_bytes.first()).unwrap();
-    let one = engine.prepare(first, &Limits::default())?;
+    let py: Option<serde_json::Value> = if args.no_python {
+        None
+    } else {
+        let dir = tempfile::tempdir()?;
+        let out_json = dir.path().join("py.json");
+        let mut cmd = Command::new(python::interpreter()?);
+        cmd.arg(python::workspace_root().join("tests/reference/bench.py"))
+            .arg(&spec_path)
+            .arg(&out_json)
+            .arg("--runs")
+            .arg(args.runs.to_string())
+            .arg("--inference-images")
+            .arg(args.inference_images.to_string())
+            .arg("--model")
+            .arg(&spec.file);
+        if args.decode_only {
+            cmd.arg("--no-inference");
+        }
+        for (name, files) in &sets {
+            cmd.arg("--set").arg(name).args(files);
+        }
+        let out = cmd.output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "bench.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(serde_json::from_str(&std::fs::read_to_string(&out_json)?)?)
+    };
+    let pyf = |k: &str| py.as_ref().and_then(|v| v[k].as_f64());
+    println!("### Engine benchmark: {} ({} cores)\n", spec.name, cores);
+    println!("| figure | embatch (Rust) | Python reference | ratio (ref / ours for time, ours / ref for rate) |");
+    println!("|---|---|---|---|");
+    let ratio_time =
+        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", t / ours));
+    let ratio_rate =
+        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t));
+    let fmt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
+    for ((label, files), ours) in sets.iter().zip(&prepare_ms) {
+        let draft = pyf(&format!("prepare_ms_{label}_draft"));
+        let draft1 = pyf(&format!("prepare_ms_{label}_draft1x"));
+        let full = pyf(&format!("prepare_ms_{label}_full"));
+        println!(
+            "| decode+preprocess, {label} ({} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft() 2x: {} / draft() 1x: {} / full decode: {} | {} / {} / {} |",
+            files.len(),
+            fmt(draft, "ms"),
+            fmt(draft1, "ms"),
+            fmt(full, "ms"),
+            ratio_time(*ours, draft),
+            ratio_time(*ours, draft1),
+            ratio_time(*ours, full)
+        );
+    }
+    if args.decode_only {
+        return Ok(());
+    }
+
+    let one = engine.prepare(&bytes[0][0], &Limits::default())?;
     let inputs: Vec<Prepared> = (0..args.inference_images)
         .map(|k| {
             let mut p = one.clone();
@@ -225,62 +309,9 @@ fn main() -> anyhow::Result<()> {
         .find(|(b, ..)| *b == engine.preferred_batch())
         .unwrap_or(&by_batch[0]);
 
-    let py: Option<serde_json::Value> = if args.no_python {
-        None
-    } else {
-        let dir = tempfile::tempdir()?;
-        let out_json = dir.path().join("py.json");
-        let mut cmd = Command::new(python::interpreter()?);
-        cmd.arg(python::workspace_root().join("tests/reference/bench.py"))
-            .arg(&spec_path)
-            .arg(&out_json)
-            .arg("--runs")
-            .arg(args.runs.to_string())
-            .arg("--inference-images")
-            .arg(args.inference_images.to_string())
-            .arg("--model")
-            .arg(&spec.file);
-        cmd.arg("--small").args(&small).arg("--large").args(&large);
-        let out = cmd.output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "bench.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(serde_json::from_str(&std::fs::read_to_string(&out_json)?)?)
-    };
-    let pyf = |k: &str| py.as_ref().and_then(|v| v[k].as_f64());
-
     let gmac = args
         .gmac
         .or_else(|| spec.name.contains("resnet18").then_some(1.814e9));
-    println!("### Engine benchmark: {} ({} cores)\n", spec.name, cores);
-    println!("| figure | embatch (Rust) | Python reference | ratio (ref / ours for time, ours / ref for rate) |");
-    println!("|---|---|---|---|");
-    let ratio_time =
-        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", t / ours));
-    let ratio_rate =
-        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t));
-    let fmt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
-    for (label, ours, n) in [
-        ("small", prep_small, small.len()),
-        ("large", prep_large, large.len()),
-    ] {
-        if let Some(ours) = ours {
-            let draft = pyf(&format!("prepare_ms_{label}_draft"));
-            let draft1 = pyf(&format!("prepare_ms_{label}_draft1x"));
-            let full = pyf(&format!("prepare_ms_{label}_full"));
-            println!(
-                "| decode+preprocess, {label} ({n} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft() 2x: {} / draft() 1x: {} / full decode: {} | {} / {} / {} |",
-                fmt(draft, "ms"),
-                fmt(draft1, "ms"),
-                fmt(full, "ms"),
-                ratio_time(ours, draft),
-                ratio_time(ours, draft1),
-                ratio_time(ours, full)
-            );
-        }
-    }
     let ort1 = pyf("infer_img_s_1thread");
     let ortn = match (
         pyf("infer_img_s_all_cores_batch1"),

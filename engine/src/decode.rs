@@ -1,8 +1,8 @@
 //! Image bytes to an upright 8-bit RGB image.
 //!
 //! - Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, recognised by content, not by name.
-//! - JPEG goes through `jpeg-decoder`, which can decode at 1/2, 1/4 or 1/8 scale in the DCT
-//!   domain: we use the smallest scale whose shorter side is still at least
+//! - JPEG goes through libjpeg-turbo ([`crate::jpeg`]), which decodes at any M/8 scale in the
+//!   DCT domain: we use the smallest scale whose shorter side is still at least
 //!   [`DCT_SCALE_MARGIN`] times the resize target, so a 4000x3000 photo is decoded as
 //!   1000x750. The other formats go through the `image` crate.
 //! - EXIF orientation (JPEG, PNG, WebP, TIFF) is applied.
@@ -126,7 +126,7 @@ pub(crate) fn decode(
     }
 }
 
-fn check_pixels(width: u64, height: u64, limits: &Limits) -> Result<(), ImageError> {
+pub(crate) fn check_pixels(width: u64, height: u64, limits: &Limits) -> Result<(), ImageError> {
     if width * height > limits.max_pixels {
         return Err(ImageError::TooManyPixels {
             width,
@@ -147,64 +147,24 @@ fn decode_jpeg(
     limits: &Limits,
     min_shorter_side: u32,
 ) -> Result<Decoded, ImageError> {
-    use jpeg_decoder::PixelFormat;
-
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.read_info().map_err(jpeg_error)?;
-    let info = decoder
-        .info()
-        .ok_or_else(|| ImageError::Corrupt("JPEG without a frame header".into()))?;
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    check_pixels(w.into(), h.into(), limits)?;
-    decoder
-        .set_max_decoding_buffer_size(usize::try_from(limits.max_pixels * 4).unwrap_or(usize::MAX));
-
-    // The largest reduction (1/8, 1/4, 1/2) whose shorter side stays >= min_shorter_side.
-    // `scale` picks the smallest factor meeting the request in *either* axis, so only the
-    // shorter axis is constrained.
-    let min = u16::try_from(min_shorter_side).unwrap_or(u16::MAX);
-    let request = if w <= h {
-        (min, u16::MAX)
-    } else {
-        (u16::MAX, min)
-    };
-    let (dw, dh) = decoder.scale(request.0, request.1).map_err(jpeg_error)?;
-    let raw = decoder.decode().map_err(jpeg_error)?;
-    let (dw, dh) = (u32::from(dw), u32::from(dh));
-    let pixels = dw as usize * dh as usize;
-    let info = decoder
-        .info()
-        .ok_or_else(|| ImageError::Corrupt("JPEG without a frame header".into()))?;
-    let expected = pixels * info.pixel_format.pixel_bytes();
-    if raw.len() < expected {
-        return Err(ImageError::Truncated);
+    let jpeg = crate::jpeg::decode(bytes, limits, min_shorter_side)?;
+    let (w, h) = jpeg.full;
+    let (dw, dh) = (jpeg.width, jpeg.height);
+    if jpeg.orientation == image::metadata::Orientation::NoTransforms {
+        return Ok(Decoded {
+            rgb: RgbImage {
+                width: dw,
+                height: dh,
+                data: jpeg.rgb,
+            },
+            original_width: w,
+            original_height: h,
+        });
     }
-    let data = match info.pixel_format {
-        PixelFormat::RGB24 => raw,
-        PixelFormat::L8 => raw[..pixels].iter().flat_map(|&v| [v, v, v]).collect(),
-        PixelFormat::CMYK32 => raw[..expected]
-            .chunks_exact(4)
-            .flat_map(|p| {
-                // jpeg-decoder returns true (non-inverted) CMYK for both Adobe CMYK and YCCK.
-                let k = 255 - u32::from(p[3]);
-                let ch = |c: u8| ((255 - u32::from(c)) * k + 127) / 255;
-                [ch(p[0]) as u8, ch(p[1]) as u8, ch(p[2]) as u8]
-            })
-            .collect(),
-        PixelFormat::L16 => {
-            return Err(ImageError::Unsupported(
-                "16-bit (lossless/12-bit) JPEG".into(),
-            ))
-        }
-    };
-    let orientation = decoder
-        .exif_data()
-        .and_then(image::metadata::Orientation::from_exif_chunk)
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let rgb = image::RgbImage::from_raw(dw, dh, data)
+    let rgb = image::RgbImage::from_raw(dw, dh, jpeg.rgb)
         .ok_or_else(|| ImageError::Corrupt("decoded JPEG has the wrong size".into()))?;
     let mut img = DynamicImage::ImageRgb8(rgb);
-    img.apply_orientation(orientation);
+    img.apply_orientation(jpeg.orientation);
     let (ow, oh) = if img.width() == dw { (w, h) } else { (h, w) };
     Ok(Decoded {
         rgb: into_rgb(img),
@@ -213,21 +173,18 @@ fn decode_jpeg(
     })
 }
 
-fn jpeg_error(e: jpeg_decoder::Error) -> ImageError {
-    match e {
-        jpeg_decoder::Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated
-        }
-        jpeg_decoder::Error::Io(io) => ImageError::Corrupt(io.to_string()),
-        jpeg_decoder::Error::Format(m) => classify_message(m),
-        jpeg_decoder::Error::Unsupported(u) => ImageError::Unsupported(format!("JPEG: {u:?}")),
-        jpeg_decoder::Error::Internal(e) => ImageError::Corrupt(e.to_string()),
-    }
+/// Gives a decoded image's buffer back to this thread, for the next decode to reuse.
+pub(crate) fn recycle(rgb: RgbImage) {
+    crate::jpeg::recycle(rgb.data);
 }
 
-/// Decoders report running out of data in their own words; those become `Truncated`.
-fn classify_message(message: String) -> ImageError {
+/// Decoders report running out of data in their own words; those become `Truncated`. Features
+/// a decoder does not implement, and progressive files over the scan limit, are `Unsupported`.
+pub(crate) fn classify_message(message: String) -> ImageError {
     let m = message.to_ascii_lowercase();
+    if m.starts_with("unsupported") || m.contains("scans") {
+        return ImageError::Unsupported(message);
+    }
     let truncated = [
         "end of file",
         "unexpected eof",

@@ -18,6 +18,7 @@
 
 pub mod decode;
 pub mod infer;
+pub mod jpeg;
 pub mod limits;
 pub mod preprocess;
 pub mod spec;
@@ -40,9 +41,11 @@ pub fn prepare(bytes: &[u8], spec: &ModelSpec, limits: &Limits) -> Result<Prepar
         .resize_shorter_to
         .saturating_mul(decode::DCT_SCALE_MARGIN);
     let decoded = decode::decode(bytes, limits, min_side)?;
-    preprocess::preprocess(
+    let prepared = preprocess::preprocess(
         &decoded.rgb,
         spec,
         (decoded.original_width, decoded.original_height),
-    )
+    );
+    decode::recycle(decoded.rgb);
+    prepared
 }

@@ -12,6 +12,11 @@ pub struct Limits {
     /// ([`Limits::DEFAULT_MAX_PIXELS`]), e.g. 12,000 x 8,000 — larger than any camera photo
     /// we expect, small enough that a decoded RGBA image stays below ~400 MB per thread.
     pub max_pixels: u64,
+    /// Most scans a progressive JPEG may have. Default: 500 ([`Limits::DEFAULT_MAX_SCANS`]).
+    /// Encoders write about ten (libjpeg's default progression has 10, mozjpeg's optimised
+    /// ones fewer than 20); a file of thousands of tiny scans costs minutes of CPU
+    /// (libjpeg-turbo's "Two Issues with the JPEG Standard"; its fuzzers allow 500).
+    pub max_scans: u32,
 }
 
 impl Limits {
@@ -19,6 +24,8 @@ impl Limits {
     pub const DEFAULT_MAX_ENCODED_BYTES: u64 = 64 * 1024 * 1024;
     /// Default for [`Limits::max_pixels`]: 100,000,000 pixels.
     pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+    /// Default for [`Limits::max_scans`]: 500.
+    pub const DEFAULT_MAX_SCANS: u32 = 500;
 }
 
 impl Default for Limits {
@@ -26,6 +33,7 @@ impl Default for Limits {
         Limits {
             max_encoded_bytes: Self::DEFAULT_MAX_ENCODED_BYTES,
             max_pixels: Self::DEFAULT_MAX_PIXELS,
+            max_scans: Self::DEFAULT_MAX_SCANS,
         }
     }
 }

@@ -19,6 +19,7 @@ const SPEC: &str = include_str!("../../models/resnet18-v2-7.toml");
 const LIMITS: Limits = Limits {
     max_encoded_bytes: 1 << 20,
     max_pixels: 1 << 21,
+    max_scans: Limits::DEFAULT_MAX_SCANS,
 };
 
 fn spec() -> &'static ModelSpec {

@@ -162,6 +162,7 @@ impl Config {
         Limits {
             max_encoded_bytes: self.max_encoded_bytes,
             max_pixels: plan.max_pixels,
+            ..Limits::default()
         }
     }
 

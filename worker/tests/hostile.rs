@@ -104,11 +104,13 @@ fn corpus(python: &std::path::Path) -> Vec<Case> {
         failed("hostile/cut-in-half.png", cut(&png, 0.5), "truncated"),
         failed("hostile/cut-in-half.webp", cut(&webp, 0.5), "truncated"),
         failed("hostile/cut-in-half.gif", cut(&still_gif, 0.5), "truncated"),
-        // JPEG entropy-coded data has no checksum: 64 inverted bytes in the middle of the scan
-        // decode to a damaged picture without an error (as in libjpeg, which only warns).
-        stored(
+        // JPEG entropy-coded data has no checksum, but 64 inverted bytes in the middle of the
+        // scan make libjpeg warn ("Corrupt JPEG data: ..."), and a warning stops the decode:
+        // the image fails instead of being embedded as a damaged picture.
+        failed(
             "hostile/flipped-in-the-scan.jpg",
             flipped(&jpeg, middle(&jpeg), 64),
+            "corrupt",
         ),
         // Damage in the Huffman table is detected.
         failed(
