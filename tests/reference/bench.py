@@ -3,10 +3,11 @@
 the same images and spec as `cargo run --release -p embatch-engine --example bench`, which
 calls this script and prints both as ratios.
 
-  bench.py SPEC OUT.json --runs N [--model FILE] [--inference-images K] --small A.jpg ... --large B.jpg ...
+  bench.py SPEC OUT.json --runs N [--model FILE] [--inference-images K] [--no-inference]
+           --set NAME A.jpg ... [--set NAME2 B.jpg ...]
 
-Figures (medians over runs): decode+preprocess ms/image on one thread for the small and the
-large images, with PIL's draft() (libjpeg-turbo DCT-scaled decode, the fastest PIL path) at
+Figures (medians over runs): decode+preprocess ms/image on one thread for each set of
+images, with PIL's draft() (libjpeg-turbo DCT-scaled decode, the fastest PIL path) at
 the engine's margin (decoded shorter side >= 2 x resize target) and at 1 x, and without; onnxruntime images/s on one thread (batch 1) and on all cores (one session,
 intra-op threads = cores, batch 1 and batch 8).
 """
@@ -57,19 +58,23 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--model")
     ap.add_argument("--inference-images", type=int, default=16)
-    ap.add_argument("--small", nargs="*", default=[])
-    ap.add_argument("--large", nargs="*", default=[])
+    ap.add_argument("--no-inference", action="store_true")
+    ap.add_argument("--set", nargs="+", action="append", default=[], metavar=("NAME", "JPEG"))
     a = ap.parse_args()
     spec = reference.load_spec(a.spec, a.model)
     res = {}
-    for label, paths in (("small", a.small), ("large", a.large)):
+    sets = {s[0]: s[1:] for s in a.set}
+    for label, paths in sets.items():
         if paths:
             # draft(): shorter side kept >= 2 x the resize target, the engine's rule (the
             # parity bar on real photos needs it); draft1x: >= 1 x, PIL's usual use.
             res[f"prepare_ms_{label}_draft"] = time_prepare(paths, spec, a.runs, draft=2)
             res[f"prepare_ms_{label}_draft1x"] = time_prepare(paths, spec, a.runs, draft=1)
             res[f"prepare_ms_{label}_full"] = time_prepare(paths, spec, a.runs, draft=0)
-    paths = (a.small + a.large)[:1] or sys.exit("no images")
+    if a.no_inference:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        return
+    paths = [p for ps in sets.values() for p in ps][:1] or sys.exit("no images")
     one = reference.preprocess(reference.load_rgb(paths[0]), spec)
     rng = np.random.default_rng(0)
     x = np.stack([one + rng.normal(0, 0.01, one.shape).astype(np.float32) for _ in range(a.inference_images)])

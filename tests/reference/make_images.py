@@ -6,7 +6,8 @@ Usage: make_images.py OUT_DIR [--bench]
 Prints a JSON object {file name: description} of what it wrote. The pictures are smooth
 gradients, shapes and mild noise (photo-like enough that resampling and JPEG coding matter,
 different enough from each other that embeddings tell them apart).
---bench writes only the benchmark set: 8 small (500x375) and 4 large (4000x3000) JPEGs.
+--bench writes only the benchmark set: 8 small (500x375), 4 large (4000x3000) and 4 very large
+(6000x4000, two baseline, two progressive) JPEGs.
 """
 
 import io
@@ -184,6 +185,12 @@ def write_bench(out):
     for k in range(4):
         picture(4000, 3000, 200 + k).save(out / f"large_{k}.jpg", quality=90)
         made[f"large_{k}.jpg"] = "JPEG 4000x3000"
+    # Very large, as 24-Mpixel cameras write them: baseline and progressive.
+    for k in range(2):
+        picture(6000, 4000, 300 + k).save(out / f"huge_{k}.jpg", quality=90)
+        made[f"huge_{k}.jpg"] = "JPEG 6000x4000"
+        picture(6000, 4000, 400 + k).save(out / f"huge_progressive_{k}.jpg", quality=90, progressive=True)
+        made[f"huge_progressive_{k}.jpg"] = "progressive JPEG 6000x4000"
     return made
 
 
