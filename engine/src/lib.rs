@@ -1,4 +1,5 @@
-//! Image bytes to embedding vectors: model spec, decode, preprocess, tract inference. No AWS.
+//! Image bytes to embedding vectors: the model loaded and run with tract, on tensors that
+//! [`embatch_prepare`] makes (re-exported here: spec, decode, preprocess, limits). No AWS.
 //!
 //! The path of one image: [`spec`] (what the model needs) → [`decode`] (bytes to upright RGB,
 //! within [`Limits`]) → [`preprocess`] (resize, crop, normalise into a [`Prepared`] tensor) →
@@ -16,36 +17,11 @@
 //! # Ok(()) }
 //! ```
 
-pub mod decode;
 pub mod infer;
-pub mod jpeg;
-pub mod limits;
-pub mod preprocess;
-pub mod spec;
 
-pub use decode::{ImageError, BACKGROUND};
-pub use infer::{Engine, EngineError, EngineOptions, PREFERRED_BATCH};
-pub use limits::Limits;
-pub use preprocess::Prepared;
-pub use spec::{
-    ChannelOrder, EmbeddingSelector, InputSpec, Interpolation, Layout, ModelSpec, PreprocessSpec,
-    SpecError,
+pub use embatch_prepare::{
+    decode, jpeg, limits, prepare, preprocess, spec, ChannelOrder, EmbeddingSelector, ImageError,
+    InputSpec, Interpolation, Layout, Limits, ModelSpec, Prepared, PreprocessSpec, SpecError,
+    BACKGROUND,
 };
-
-/// Decodes and preprocesses one encoded image for the model `spec` describes, without loading
-/// the model: the whole of [`Engine::prepare`] (which calls this with its own spec). For tools
-/// and fuzzing that need the worker's image path but not inference.
-pub fn prepare(bytes: &[u8], spec: &ModelSpec, limits: &Limits) -> Result<Prepared, ImageError> {
-    let min_side = spec
-        .preprocess
-        .resize_shorter_to
-        .saturating_mul(decode::DCT_SCALE_MARGIN);
-    let decoded = decode::decode(bytes, limits, min_side)?;
-    let prepared = preprocess::preprocess(
-        &decoded.rgb,
-        spec,
-        (decoded.original_width, decoded.original_height),
-    );
-    decode::recycle(decoded.rgb);
-    prepared
-}
+pub use infer::{Engine, EngineError, EngineOptions, PREFERRED_BATCH};

@@ -1,4 +1,4 @@
-//! Arbitrary bytes through the worker's image path: `embatch_engine::prepare` (what
+//! Arbitrary bytes through the worker's image path: `embatch_prepare::prepare` (what
 //! `Engine::prepare` runs, minus loading the model) = decode within `Limits`, then resize,
 //! crop and normalise for the default model's spec. Must never panic; every error is fine.
 
@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use embatch_engine::{Limits, ModelSpec};
+use embatch_prepare::{Limits, ModelSpec};
 use libfuzzer_sys::fuzz_target;
 
 /// The default model's spec (the file is never opened: only its preprocessing is used).
@@ -29,7 +29,7 @@ fn spec() -> &'static ModelSpec {
 
 fuzz_target!(|data: &[u8]| {
     let spec = spec();
-    match embatch_engine::prepare(data, spec, &LIMITS) {
+    match embatch_prepare::prepare(data, spec, &LIMITS) {
         Ok(prepared) => {
             // What `Engine::embed` needs, and what the worker records about the image.
             let (w, h) = (spec.input.width as usize, spec.input.height as usize);

@@ -1,6 +1,6 @@
 //! Input limits: refuse oversized or decompression-bomb inputs before they cost memory.
 
-/// Limits applied to every input image by [`crate::Engine::prepare`].
+/// Limits applied to every input image by [`crate::prepare`].
 ///
 /// Both are checked before any pixel buffer is allocated: the byte count first, then the
 /// dimensions read from the image header.

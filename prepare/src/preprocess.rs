@@ -13,7 +13,7 @@ use fast_image_resize::{self as fr, images::ImageRef, FilterType, ResizeAlg, Res
 use crate::decode::{ImageError, RgbImage};
 use crate::spec::{ChannelOrder, Interpolation, Layout, ModelSpec};
 
-/// One image, preprocessed for a model: ready for [`crate::Engine::embed`].
+/// One image, preprocessed for a model: ready for `embatch_engine::Engine::embed`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     /// The input tensor for this image without the batch axis: 3 x height x width (NCHW

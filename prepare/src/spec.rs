@@ -168,7 +168,7 @@ pub struct ModelSpec {
     pub name: String,
     /// Where `models/fetch` downloads the model from.
     pub source_url: String,
-    /// Expected sha256 of the model file, lowercase hex. Verified by [`crate::Engine::load`].
+    /// Expected sha256 of the model file, lowercase hex. Verified by `embatch_engine::Engine::load`.
     pub sha256: String,
     /// The model file, resolved against the spec file's directory.
     pub file: PathBuf,
@@ -205,7 +205,7 @@ struct RawEmbedding {
 
 impl ModelSpec {
     /// Reads and validates a spec file. The model file itself is not opened here
-    /// ([`crate::Engine::load`] verifies it).
+    /// (`embatch_engine::Engine::load` verifies it).
     pub fn from_path(path: &Path) -> Result<ModelSpec, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
             path: path.to_path_buf(),
