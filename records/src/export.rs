@@ -34,6 +34,8 @@ const HEADER_LEN: usize = 128;
 /// Writes a float32 `[rows, columns]` `.npy` matrix one row at a time.
 pub struct NpyF32Writer<W: Write + Seek> {
     out: W,
+    /// Where the header goes: `out`'s position when the writer was made.
+    start: u64,
     columns: Option<usize>,
     rows: u64,
 }
@@ -53,9 +55,11 @@ pub struct RaggedRow {
 impl<W: Write + Seek> NpyF32Writer<W> {
     /// Starts a matrix at the current position of `out` (reserving the header).
     pub fn new(mut out: W) -> io::Result<Self> {
+        let start = out.stream_position()?;
         out.write_all(&[0u8; HEADER_LEN])?;
         Ok(Self {
             out,
+            start,
             columns: None,
             rows: 0,
         })
@@ -88,12 +92,13 @@ impl<W: Write + Seek> NpyF32Writer<W> {
         self.columns.unwrap_or(0)
     }
 
-    /// Writes the header and returns the output.
+    /// Writes the header and returns the output, positioned after the last row.
     pub fn finish(mut self) -> io::Result<W> {
         let header = npy_header(self.rows, self.columns());
-        self.out.seek(SeekFrom::Start(0))?;
+        let end = self.out.stream_position()?;
+        self.out.seek(SeekFrom::Start(self.start))?;
         self.out.write_all(&header)?;
-        self.out.seek(SeekFrom::End(0))?;
+        self.out.seek(SeekFrom::Start(end))?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -264,5 +269,21 @@ mod tests {
             .unwrap()
             .contains("(1, 2)"));
         assert_eq!(&bytes[HEADER_LEN..], &[0, 0, 0x80, 0x3f, 0, 0, 0, 0x80]);
+    }
+
+    #[test]
+    fn a_matrix_starts_where_the_output_was_and_leaves_what_surrounds_it() {
+        let mut out = io::Cursor::new(b"prefix|".to_vec());
+        out.seek(SeekFrom::End(0)).unwrap();
+        let mut w = NpyF32Writer::new(out).unwrap();
+        w.push_row(&[2.0]).unwrap().unwrap();
+        let mut out = w.finish().unwrap();
+        out.write_all(b"|suffix").unwrap();
+        let bytes = out.into_inner();
+        assert_eq!(&bytes[..7], b"prefix|");
+        let matrix = &bytes[7..7 + HEADER_LEN + 4];
+        assert_eq!(&matrix[..HEADER_LEN], npy_header(1, 1).as_slice());
+        assert_eq!(&matrix[HEADER_LEN..], &2.0f32.to_le_bytes());
+        assert_eq!(&bytes[7 + HEADER_LEN + 4..], b"|suffix");
     }
 }
