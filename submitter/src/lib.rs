@@ -43,8 +43,7 @@ pub const DEFAULT_MODEL_SPEC: &str = "/opt/embatch/models/resnet18-v2.toml";
 
 /// vCPU-seconds per image used for the `--dry-run` estimate unless told otherwise: about
 /// 56 ms of tract ResNet18 inference per image per core plus ~20 ms to decode and
-/// preprocess a large JPEG (measurements in /work/shared/ENVIRONMENT.md; the engine
-/// benchmark refines it).
+/// preprocess a large JPEG (the engine benchmark, BENCHMARKS.md, refines it).
 pub const DEFAULT_SECONDS_PER_IMAGE: f64 = 0.08;
 
 /// Everything `embatch submit` needs besides the event.
