@@ -139,7 +139,15 @@ def worker_summary(stderr):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=400, help="images in the throughput set (640x480 JPEG)")
+    parser.add_argument("--images", type=int, default=400, help="images in the throughput set (generated JPEGs)")
+    parser.add_argument("--size", default="640x480", help="size of the generated JPEGs, WxH (e.g. 4000x3000)")
+    parser.add_argument("--photos", default=None,
+                        help="a directory of real JPEGs (searched recursively) instead of generated ones; "
+                             "--images of them, cycling if there are fewer")
+    parser.add_argument("--min-pixels", type=float, default=0,
+                        help="with --photos: only photos of at least this many megapixels")
+    parser.add_argument("--variants", action="store_true",
+                        help="also run the worker with --decode-threads 1 and --infer-threads 1")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss-sizes", default="1000,20000", help="manifest sizes for peak RSS ('' to skip)")
     parser.add_argument("--model-spec", default=None)
@@ -170,8 +178,9 @@ def main():
 
         if args.runs == 0:
             args.images = 0
-        print(f"uploading {args.images} 640x480 JPEGs ...", file=sys.stderr)
-        lines = upload(s3, bucket, [(f"photos/{i:05}.jpg", photo(i, 640, 480)) for i in range(args.images)])
+        objects, args.described = throughput_set(args)
+        print(f"uploading {args.described} ...", file=sys.stderr)
+        lines = upload(s3, bucket, objects)
         manifest = put_manifest(s3, bucket, 0, lines)
 
         def worker_env(n, table):
@@ -186,11 +195,10 @@ def main():
                 EMBATCH_MODEL_SPEC=spec,
             )
 
-        variants = {
-            "worker": [],
-            "worker --decode-threads 1": ["--decode-threads", "1"],
-            "worker --infer-threads 1": ["--infer-threads", "1"],
-        }
+        variants = {"worker": []}
+        if args.variants:
+            variants["worker --decode-threads 1"] = ["--decode-threads", "1"]
+            variants["worker --infer-threads 1"] = ["--infer-threads", "1"]
         results = {name: [] for name in list(variants) + ["sample"]}
         stages = []
         table_no = 0
@@ -227,8 +235,30 @@ def main():
         moto.wait()
 
 
+def throughput_set(args):
+    """(key, bytes) pairs of the throughput set, and how to describe it."""
+    if args.photos:
+        found = sorted(p for p in glob(os.path.join(args.photos, "**", "*"), recursive=True)
+                       if p.lower().endswith((".jpg", ".jpeg")))
+        keep = []
+        for p in found:
+            with Image.open(p) as im:
+                if im.width * im.height >= args.min_pixels * 1e6:
+                    keep.append((p, im.width * im.height))
+        if not keep:
+            raise SystemExit(f"no JPEGs of at least {args.min_pixels} Mpixel under {args.photos}")
+        data = [open(p, "rb").read() for p, _ in keep]
+        mp = sorted(px / 1e6 for _, px in keep)
+        objects = [(f"photos/{i:05}.jpg", data[i % len(data)]) for i in range(args.images)]
+        return objects, (f"{args.images} real JPEGs ({len(keep)} distinct photos of "
+                         f"{mp[0]:.1f}-{mp[-1]:.1f} Mpixel from {args.photos})")
+    w, h = (int(v) for v in args.size.split("x"))
+    objects = [(f"photos/{i:05}.jpg", photo(i, w, h)) for i in range(args.images)]
+    return objects, f"{args.images} generated {w}x{h} JPEGs"
+
+
 def print_throughput(args, results):
-    print(f"\n### Throughput: {args.images} 640x480 JPEGs, medians of {args.runs} runs\n")
+    print(f"\n### Throughput: {args.described}, medians of {args.runs} runs\n")
     print("| worker | wall s (median) | images/s | vs sample | peak RSS MiB |")
     print("|---|---|---|---|---|")
     sample_s = statistics.median(s for s, _ in results["sample"])
