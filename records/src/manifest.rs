@@ -57,25 +57,63 @@ pub fn to_jsonl(lines: &[ManifestLine]) -> Vec<u8> {
 /// assert_eq!(parse_jsonl(&to_jsonl(&[line.clone()]), "s3://b/m.jsonl").unwrap(), vec![line]);
 /// ```
 pub fn parse_jsonl(bytes: &[u8], source_name: &str) -> Result<Vec<ManifestLine>, ManifestError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ManifestError {
-        source_name: source_name.to_string(),
-        line: 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count(),
-        message: "not UTF-8".to_string(),
-    })?;
-    text.split('\n')
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ManifestError {
-                source_name: source_name.to_string(),
-                line: i + 1,
-                message: e.to_string(),
-            })
-        })
+    Lines::new(bytes, source_name)
+        .map(|line| line.map(|(_, line)| line))
         .collect()
+}
+
+/// The one reader of manifest bytes (the worker's, the submitter's tests', the fuzz
+/// target's): each non-blank line parsed as it is pulled, with its 1-based line number.
+///
+/// A line is split at `\n` only (keys with newlines are JSON-escaped); it is blank if it holds
+/// only JSON whitespace (space, tab, `\r`): anything else, `\x0b` or U+00A0 included, must
+/// parse. A line must be UTF-8 throughout, unknown fields included.
+#[derive(Clone, Debug)]
+pub struct Lines<'a> {
+    bytes: &'a [u8],
+    source_name: &'a str,
+    line_no: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// The lines of `bytes`; `source_name` names the manifest in errors.
+    pub fn new(bytes: &'a [u8], source_name: &'a str) -> Self {
+        Self {
+            bytes,
+            source_name,
+            line_no: 0,
+        }
+    }
+
+    fn error(&self, message: String) -> ManifestError {
+        ManifestError {
+            source_name: self.source_name.to_string(),
+            line: self.line_no,
+            message,
+        }
+    }
+}
+
+impl Iterator for Lines<'_> {
+    type Item = Result<(usize, ManifestLine), ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.bytes.is_empty() {
+            let end = self.bytes.iter().position(|&b| b == b'\n');
+            let raw = &self.bytes[..end.unwrap_or(self.bytes.len())];
+            self.bytes = &self.bytes[end.map_or(self.bytes.len(), |e| e + 1)..];
+            self.line_no += 1;
+            if raw.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+                continue;
+            }
+            let parsed = match std::str::from_utf8(raw) {
+                Ok(text) => serde_json::from_str(text).map_err(|e| self.error(e.to_string())),
+                Err(_) => Err(self.error("not UTF-8".to_string())),
+            };
+            return Some(parsed.map(|line| (self.line_no, line)));
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -115,11 +153,38 @@ mod tests {
 
     #[test]
     fn not_utf8_inside_an_unknown_field_is_refused() {
-        // From the manifest_lines fuzz target: serde_json's from_slice (the worker's per-line
-        // parse) skips an unknown field's string without checking its UTF-8, so the worker
-        // accepts this line; parse_jsonl refuses the manifest, naming the line.
+        // Found by the manifest_lines fuzz target when the worker had a parser of its own:
+        // serde_json's from_slice skips an unknown field's string without checking its UTF-8.
+        // The one reader refuses the line, naming it.
         let line = b"{\"bucket\":\"b\",\"key\":\"k\",\"size\":1,\"etag\":\"e\",\"image_id\":\"i\",\"extra\":{\"a\":\"\x98\"}}\r\n";
         let err = parse_jsonl(line, "m").unwrap_err();
         assert_eq!((err.line, err.message.as_str()), (1, "not UTF-8"));
+    }
+
+    #[test]
+    fn only_json_whitespace_is_blank() {
+        let good = to_jsonl(&[line("a.jpg")]);
+        for blank in [&b" \t\r"[..], b"", b"\r"] {
+            let mut bytes = blank.to_vec();
+            bytes.push(b'\n');
+            bytes.extend_from_slice(&good);
+            assert_eq!(parse_jsonl(&bytes, "m").unwrap(), vec![line("a.jpg")]);
+        }
+        for not_blank in [&b"\x0b"[..], "\u{a0}".as_bytes(), b"\x0c"] {
+            let mut bytes = good.clone();
+            bytes.extend_from_slice(not_blank);
+            bytes.push(b'\n');
+            let err = parse_jsonl(&bytes, "m").unwrap_err();
+            assert_eq!(err.line, 2, "{not_blank:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn line_numbers_count_blank_lines_and_a_last_line_without_newline() {
+        let mut bytes = b"\n  \n".to_vec();
+        bytes.extend_from_slice(&to_jsonl(&[line("a.jpg")]));
+        bytes.extend_from_slice(to_jsonl(&[line("b.jpg")]).trim_ascii_end());
+        let numbers: Vec<usize> = Lines::new(&bytes, "m").map(|l| l.unwrap().0).collect();
+        assert_eq!(numbers, vec![3, 4]);
     }
 }

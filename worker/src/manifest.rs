@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use anyhow::anyhow;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::Bytes;
-use embatch_records::manifest::{ManifestError, ManifestLine};
+use embatch_records::manifest::{self, ManifestError, ManifestLine};
 use embatch_records::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
 use embatch_records::s3uri::S3Uri;
 use embatch_records::sdk_error::describe;
@@ -150,49 +150,21 @@ impl Manifest {
     /// The lines, parsed one at a time as they are pulled (each `Ok`: the manifest was
     /// checked whole when parsed).
     pub fn lines(&self) -> Lines<'_> {
-        Lines {
-            manifest: self,
-            pos: 0,
-            line_no: 0,
-        }
+        Lines(manifest::Lines::new(&self.bytes, &self.source))
     }
 }
 
-/// The lines of a [`Manifest`]. Yields errors only before [`Manifest::parse`] has checked
-/// them; afterwards every line parses.
+/// The lines of a [`Manifest`] as [`WorkItem`]s, read by [`embatch_records::manifest::Lines`].
+/// Yields errors only before [`Manifest::parse`] has checked them; afterwards every line parses.
 #[derive(Debug)]
-pub struct Lines<'a> {
-    manifest: &'a Manifest,
-    pos: usize,
-    line_no: usize,
-}
+pub struct Lines<'a>(manifest::Lines<'a>);
 
 impl Iterator for Lines<'_> {
     type Item = Result<WorkItem, ManifestError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let bytes = &self.manifest.bytes[..];
-        while self.pos < bytes.len() {
-            let rest = &bytes[self.pos..];
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            let raw = &rest[..end];
-            self.pos += end + 1;
-            self.line_no += 1;
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let line_no = self.line_no;
-            return Some(
-                serde_json::from_slice::<ManifestLine>(raw)
-                    .map(|line| WorkItem { line_no, line })
-                    .map_err(|e| ManifestError {
-                        source_name: self.manifest.source.clone(),
-                        line: line_no,
-                        message: e.to_string(),
-                    }),
-            );
-        }
-        None
+        let next = self.0.next()?;
+        Some(next.map(|(line_no, line)| WorkItem { line_no, line }))
     }
 }
 
