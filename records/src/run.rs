@@ -102,6 +102,18 @@ impl RunLayout {
     }
 }
 
+/// The model spec path inside the worker's image (docker/Dockerfile puts it there): the
+/// worker's default, and what the submitter tells it unless `--model-spec` says otherwise.
+pub const DEFAULT_MODEL_SPEC: &str = "/opt/embatch/models/resnet18-v2.toml";
+
+/// The current UTC time in RFC 3339 (`2026-12-01T10:15:00.123Z`): the table's `Created` and
+/// the times in `run.json`.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formats every UTC time")
+}
+
 /// A new run id: UTC time to the second plus 24 random bits, e.g. `20261122T101500Z-3fa9c1`.
 /// Sorts by time; unique enough that two submitters never share one.
 pub fn new_run_id() -> String {

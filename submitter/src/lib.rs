@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use embatch_records::image_id::ImageIdMode;
 use embatch_records::manifest::ManifestLine;
-use embatch_records::run::{new_run_id, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE};
+use embatch_records::run::{
+    new_run_id, now_rfc3339, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE,
+};
 use embatch_records::s3uri::S3Uri;
 
 use crate::event::PathsEvent;
@@ -38,8 +40,7 @@ use crate::submission::JobTarget;
 #[error("{0}")]
 pub struct InputError(pub String);
 
-/// The model spec path inside the worker container unless `--model-spec` says otherwise.
-pub const DEFAULT_MODEL_SPEC: &str = "/opt/embatch/models/resnet18-v2.toml";
+pub use embatch_records::run::DEFAULT_MODEL_SPEC;
 
 /// vCPU-seconds per image used for the `--dry-run` estimate unless told otherwise: about
 /// 56 ms of tract ResNet18 inference per image per core plus ~20 ms to decode and
@@ -241,10 +242,4 @@ fn planned_jobs(run_id: &str, specs: &[JobSpec]) -> Vec<SubmittedJob> {
             array_size: s.array_size(),
         })
         .collect()
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formats every UTC time")
 }

@@ -11,8 +11,7 @@ use embatch_records::s3uri::S3Uri;
 
 use crate::resources::{PoolPlan, PoolRequest};
 
-/// Where the container image keeps the model spec.
-pub const DEFAULT_MODEL_SPEC: &str = "/opt/embatch/models/resnet18-v2.toml";
+pub use embatch_records::run::DEFAULT_MODEL_SPEC;
 
 /// Embeds the images of one manifest of an embatch run and stores the vectors in DynamoDB.
 ///

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use embatch_engine::{Engine, Prepared};
+use embatch_records::run::now_rfc3339;
 use embatch_records::vector::{VectorMetadata, VectorRecord};
 use tokio::sync::mpsc;
 
@@ -153,10 +154,4 @@ fn infer_loop(
             tally.computed();
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
