@@ -92,14 +92,14 @@ pub struct TableReader {
 
 /// The answer to [`TableReader::get`].
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Fetched {
+pub struct Lookup {
     /// The stored records, in the order their ids were asked for.
     pub found: Vec<VectorRecord>,
     /// The ids with no item, in the order they were asked for.
     pub missing: Vec<String>,
 }
 
-impl Fetched {
+impl Lookup {
     /// The record of `id`, if it was found.
     pub fn record(&self, id: &str) -> Option<&VectorRecord> {
         self.found.iter().find(|r| r.image_id == id)
@@ -198,10 +198,10 @@ impl TableReader {
     }
 
     /// The records of `ids` (duplicates are read once) and the ids that have none.
-    pub async fn get<S: AsRef<str>>(&self, ids: &[S]) -> Result<Fetched, ReadError> {
+    pub async fn get<S: AsRef<str>>(&self, ids: &[S]) -> Result<Lookup, ReadError> {
         let ids = unique(ids);
         let mut items = self.batch_get(&ids, None).await?;
-        let mut fetched = Fetched::default();
+        let mut fetched = Lookup::default();
         for id in ids {
             match items.remove(&id) {
                 Some(item) => fetched.found.push(VectorRecord::from_item(&item)?),

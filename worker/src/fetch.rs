@@ -33,7 +33,7 @@ const BUDGET_UNIT: u64 = 1024;
 
 /// An image downloaded in full.
 #[derive(Debug)]
-pub struct Fetched {
+pub struct Downloaded {
     /// Its manifest line.
     pub item: WorkItem,
     /// The object's bytes.
@@ -115,7 +115,7 @@ pub struct Fetcher {
     budget_units: u32,
 }
 
-enum Attempt {
+enum FetchAttempt {
     /// Kind and message of a permanent failure.
     Permanent((&'static str, String)),
     /// Worth another attempt of ours: a body cut short or stalled, or throttling.
@@ -157,7 +157,11 @@ impl Fetcher {
     }
 
     /// Downloads one image, retrying transient failures.
-    pub async fn fetch(&self, item: WorkItem, times: &StageTimes) -> Result<Fetched, FetchError> {
+    pub async fn fetch(
+        &self,
+        item: WorkItem,
+        times: &StageTimes,
+    ) -> Result<Downloaded, FetchError> {
         if item.line.size > self.max_bytes {
             let (kind, message) = too_large(&item, item.line.size, self.max_bytes);
             return Err(FetchError::Image {
@@ -177,27 +181,27 @@ impl Fetcher {
         let result = loop {
             match self.attempt(&item, &mut budget).await {
                 Ok((bytes, etag)) => {
-                    break Ok(Fetched {
+                    break Ok(Downloaded {
                         item,
                         bytes,
                         etag,
                         budget,
                     })
                 }
-                Err(Attempt::Permanent((kind, message))) => {
+                Err(FetchAttempt::Permanent((kind, message))) => {
                     break Err(FetchError::Image {
                         item: Box::new(item),
                         kind,
                         message,
                     })
                 }
-                Err(Attempt::GaveUp(message)) => {
+                Err(FetchAttempt::GaveUp(message)) => {
                     break Err(FetchError::Infrastructure(anyhow!(
                         "fetching {} failed after the SDK's retries: {message}",
                         item.line.uri()
                     )));
                 }
-                Err(Attempt::Retry(message)) => {
+                Err(FetchAttempt::Retry(message)) => {
                     tracing::warn!(uri = %item.line.uri(), attempt = backoff.attempts(), error = %message, "transient S3 error, retrying");
                     if !backoff.wait().await {
                         break Err(FetchError::Infrastructure(anyhow!(
@@ -226,7 +230,7 @@ impl Fetcher {
         &self,
         item: &WorkItem,
         budget: &mut OwnedSemaphorePermit,
-    ) -> Result<(Bytes, String), Attempt> {
+    ) -> Result<(Bytes, String), FetchAttempt> {
         let line = &item.line;
         let response = self
             .s3
@@ -241,7 +245,11 @@ impl Fetcher {
             .and_then(|n| u64::try_from(n).ok());
         if let Some(length) = length {
             if length > self.max_bytes {
-                return Err(Attempt::Permanent(too_large(item, length, self.max_bytes)));
+                return Err(FetchAttempt::Permanent(too_large(
+                    item,
+                    length,
+                    self.max_bytes,
+                )));
             }
             // The object may have grown since it was listed: take the rest of its share.
             let have = budget.num_permits() as u32;
@@ -252,7 +260,7 @@ impl Fetcher {
                     .clone()
                     .acquire_many_owned(need - have)
                     .await
-                    .map_err(|_| Attempt::GaveUp("the fetch budget was closed".into()))?;
+                    .map_err(|_| FetchAttempt::GaveUp("the fetch budget was closed".into()))?;
                 budget.merge(more);
             }
         }
@@ -267,7 +275,7 @@ impl Fetcher {
         while let Some(chunk) = tokio::time::timeout(self.stall_timeout, body.next())
             .await
             .map_err(|_| {
-                Attempt::Retry(format!(
+                FetchAttempt::Retry(format!(
                     "reading {}: no data for {:?} after {} bytes",
                     line.uri(),
                     self.stall_timeout,
@@ -276,7 +284,7 @@ impl Fetcher {
             })?
         {
             let chunk = chunk.map_err(|e| {
-                Attempt::Retry(format!(
+                FetchAttempt::Retry(format!(
                     "reading {} failed after {} bytes: {}",
                     line.uri(),
                     bytes.len(),
@@ -285,13 +293,17 @@ impl Fetcher {
             })?;
             let total = (bytes.len() + chunk.len()) as u64;
             if total > self.max_bytes {
-                return Err(Attempt::Permanent(too_large(item, total, self.max_bytes)));
+                return Err(FetchAttempt::Permanent(too_large(
+                    item,
+                    total,
+                    self.max_bytes,
+                )));
             }
             bytes.extend_from_slice(&chunk);
         }
         if let Some(length) = length {
             if bytes.len() as u64 != length {
-                return Err(Attempt::Retry(format!(
+                return Err(FetchAttempt::Retry(format!(
                     "reading {}: body ended after {} of {length} bytes",
                     line.uri(),
                     bytes.len()
@@ -307,13 +319,13 @@ fn too_large(item: &WorkItem, bytes: u64, max: u64) -> (&'static str, String) {
     (error.kind(), format!("{}: {error}", item.line.uri()))
 }
 
-fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
+fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> FetchAttempt {
     let uri = item.line.uri();
     if is_throttling(&error) {
-        return Attempt::Retry(format!("{uri}: {}", describe(&error)));
+        return FetchAttempt::Retry(format!("{uri}: {}", describe(&error)));
     }
     if is_transient_sdk_error(&error) {
-        return Attempt::GaveUp(format!("{uri}: {}", describe(&error)));
+        return FetchAttempt::GaveUp(format!("{uri}: {}", describe(&error)));
     }
     let status = error.raw_response().map(|r| r.status().as_u16());
     let kind = match (error.as_service_error(), status) {
@@ -326,7 +338,7 @@ fn classify(item: &WorkItem, error: SdkError<GetObjectError>) -> Attempt {
         ACCESS_DENIED => format!("{uri}: access denied"),
         _ => format!("{uri}: {}", describe(&error)),
     };
-    Attempt::Permanent((kind, message))
+    FetchAttempt::Permanent((kind, message))
 }
 
 /// The fetch stage: downloads the items from `input`, `concurrency` at a time, into `output`.
@@ -336,7 +348,7 @@ pub async fn run(
     fetcher: Fetcher,
     concurrency: usize,
     mut input: mpsc::Receiver<WorkItem>,
-    output: mpsc::Sender<Fetched>,
+    output: mpsc::Sender<Downloaded>,
     tally: Arc<Tally>,
     stop: Stop,
 ) {

@@ -13,13 +13,13 @@ use embatch_records::vector::{VectorMetadata, VectorRecord};
 use tokio::sync::mpsc;
 
 use crate::accounting::{StageTimes, Tally};
-use crate::prepare::{PreparedImage, Source};
+use crate::prepare::{ImageOrigin, PreparedImage};
 use crate::shutdown::{Stop, StopReason};
 use crate::Fatal;
 
 /// What every vector of this child records about where it came from.
 #[derive(Clone, Debug)]
-pub struct Provenance {
+pub struct RunProvenance {
     /// Model name from the spec.
     pub model: String,
     /// sha256 of the model file.
@@ -32,9 +32,9 @@ pub struct Provenance {
     pub manifest: u64,
 }
 
-impl Provenance {
-    fn record(&self, source: Source, vector: Vec<f32>, created: &str) -> VectorRecord {
-        let Source {
+impl RunProvenance {
+    fn record(&self, source: ImageOrigin, vector: Vec<f32>, created: &str) -> VectorRecord {
+        let ImageOrigin {
             item,
             etag,
             size,
@@ -67,7 +67,7 @@ pub struct Embedder {
     /// The loaded model.
     pub engine: Arc<Engine>,
     /// Stored with every vector.
-    pub provenance: Provenance,
+    pub provenance: RunProvenance,
 }
 
 /// Starts `threads` inference threads reading `input` in batches of up to `batch` and writing
@@ -107,7 +107,7 @@ fn infer_loop(
     stop: &Stop,
 ) {
     let Embedder { engine, provenance } = embedder;
-    let mut sources: Vec<Source> = Vec::with_capacity(batch);
+    let mut sources: Vec<ImageOrigin> = Vec::with_capacity(batch);
     let mut tensors: Vec<Prepared> = Vec::with_capacity(batch);
     while !stop.is_stopped() {
         let Ok(first) = input.recv() else { return };

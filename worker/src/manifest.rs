@@ -51,7 +51,7 @@ impl Manifest {
         role: &str,
     ) -> Result<Manifest, Fatal> {
         // Ours to retry (the SDK retried the rest): throttling, and a body cut short.
-        let bytes = embatch_records::retry::retry(policy, Attempt::is_retried, || async {
+        let bytes = embatch_records::retry::retry(policy, ManifestAttempt::is_retried, || async {
             let response = s3
                 .get_object()
                 .bucket(&uri.bucket)
@@ -64,7 +64,7 @@ impl Manifest {
                     let missing =
                         matches!(e.as_service_error(), Some(GetObjectError::NoSuchKey(_)))
                             || status == Some(404);
-                    Attempt::Failed {
+                    ManifestAttempt::Failed {
                         retry,
                         transient,
                         missing,
@@ -73,7 +73,7 @@ impl Manifest {
                     }
                 })?;
             // The SDK does not retry a body cut short: that is an attempt of ours.
-            let body = response.body.collect().await.map_err(|e| Attempt::Failed {
+            let body = response.body.collect().await.map_err(|e| ManifestAttempt::Failed {
                 retry: true,
                 transient: true,
                 missing: false,
@@ -84,18 +84,18 @@ impl Manifest {
         })
         .await
         .map_err(|e| match e {
-            Attempt::Failed { missing: true, .. } => {
+            ManifestAttempt::Failed { missing: true, .. } => {
                 Fatal::Permanent(anyhow!("manifest {uri} does not exist"))
             }
-            Attempt::Failed { denied: true, .. } => Fatal::Permanent(anyhow!(
+            ManifestAttempt::Failed { denied: true, .. } => Fatal::Permanent(anyhow!(
                 "access denied reading manifest {uri}: {role} needs s3:GetObject on the run's manifests"
             )),
-            Attempt::Failed {
+            ManifestAttempt::Failed {
                 transient: true,
                 message,
                 ..
             } => Fatal::Transient(anyhow!("downloading manifest {uri}: {message}")),
-            Attempt::Failed { message, .. } => {
+            ManifestAttempt::Failed { message, .. } => {
                 Fatal::Permanent(anyhow!("downloading manifest {uri}: {message}"))
             }
         })?;
@@ -168,7 +168,7 @@ impl Iterator for Lines<'_> {
     }
 }
 
-enum Attempt {
+enum ManifestAttempt {
     Failed {
         retry: bool,
         transient: bool,
@@ -178,9 +178,9 @@ enum Attempt {
     },
 }
 
-impl Attempt {
+impl ManifestAttempt {
     fn is_retried(&self) -> bool {
-        matches!(self, Attempt::Failed { retry: true, .. })
+        matches!(self, ManifestAttempt::Failed { retry: true, .. })
     }
 }
 

@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 use crate::accounting::{self, Counts, Tally};
 use crate::config::Config;
 use crate::fetch::{DeniedRun, Fetcher};
-use crate::infer::{Embedder, Provenance};
+use crate::infer::{Embedder, RunProvenance};
 use crate::manifest::Manifest;
 use crate::resources::PoolPlan;
-use crate::resume::Current;
+use crate::resume::ResumeCheck;
 use crate::shutdown::{Stop, StopReason};
 use crate::{Ending, Fatal};
 
@@ -119,14 +119,14 @@ async fn run_inner(
         Tally::new(manifest.images(), progress)
             .map_err(|e| Fatal::Transient(e.context("setting up the failure report")))?,
     );
-    let provenance = Provenance {
+    let provenance = RunProvenance {
         model: engine.spec().name.clone(),
         model_sha256: engine.spec().sha256.clone(),
         run_id: config.run_id.clone(),
         job_id: config.job_id.clone(),
         manifest: n as u64,
     };
-    let current = (!config.force).then(|| Current {
+    let current = (!config.force).then(|| ResumeCheck {
         reader: TableReader::new(dynamodb.clone(), config.table.clone()),
         model_sha256: provenance.model_sha256.clone(),
     });

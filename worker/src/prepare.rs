@@ -9,7 +9,7 @@ use embatch_engine::{Engine, Limits, Prepared};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::accounting::{StageTimes, Tally};
-use crate::fetch::Fetched;
+use crate::fetch::Downloaded;
 use crate::manifest::WorkItem;
 use crate::shutdown::Stop;
 
@@ -17,14 +17,14 @@ use crate::shutdown::Stop;
 #[derive(Debug)]
 pub struct PreparedImage {
     /// Where it came from.
-    pub source: Source,
+    pub source: ImageOrigin,
     /// The model input.
     pub prepared: Prepared,
 }
 
 /// Where a prepared image came from: what its vector records besides the vector.
 #[derive(Debug)]
-pub struct Source {
+pub struct ImageOrigin {
     /// Its manifest line.
     pub item: WorkItem,
     /// The ETag of the bytes it was decoded from.
@@ -43,7 +43,7 @@ pub async fn run(
     engine: Arc<Engine>,
     limits: Limits,
     pool: Arc<rayon::ThreadPool>,
-    mut input: mpsc::Receiver<Fetched>,
+    mut input: mpsc::Receiver<Downloaded>,
     output: crossbeam_channel::Sender<PreparedImage>,
     tally: Arc<Tally>,
     stop: Stop,
@@ -65,7 +65,7 @@ pub async fn run(
             let started = Instant::now();
             let result = engine.prepare(&fetched.bytes, &limits);
             StageTimes::add(&tally.times.decode, started.elapsed());
-            let Fetched {
+            let Downloaded {
                 item,
                 bytes,
                 etag,
@@ -79,7 +79,7 @@ pub async fn run(
             match result {
                 Ok(prepared) => {
                     let image = PreparedImage {
-                        source: Source {
+                        source: ImageOrigin {
                             item,
                             etag,
                             size,

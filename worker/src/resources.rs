@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 /// Where a figure came from (logged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub enum SizeSource {
     /// `EMBATCH_JOB_VCPUS` / `EMBATCH_JOB_MEMORY_MIB` (or the matching flag).
     JobDefinition,
     /// The ECS container metadata endpoint v4.
@@ -36,14 +36,14 @@ pub enum Source {
     Host,
 }
 
-impl Source {
+impl SizeSource {
     /// The name logged.
     pub fn name(self) -> &'static str {
         match self {
-            Source::JobDefinition => "job definition",
-            Source::EcsMetadata => "ECS metadata",
-            Source::Cgroup => "cgroup",
-            Source::Host => "host",
+            SizeSource::JobDefinition => "job definition",
+            SizeSource::EcsMetadata => "ECS metadata",
+            SizeSource::Cgroup => "cgroup",
+            SizeSource::Host => "host",
         }
     }
 }
@@ -54,11 +54,11 @@ pub struct JobResources {
     /// vCPUs (at least 1).
     pub vcpus: usize,
     /// Where `vcpus` came from.
-    pub vcpus_from: Source,
+    pub vcpus_from: SizeSource,
     /// Memory in bytes, if any limit was found.
     pub memory: Option<u64>,
     /// Where `memory` came from.
-    pub memory_from: Source,
+    pub memory_from: SizeSource,
 }
 
 /// The environment variable of the ECS container metadata endpoint v4.
@@ -76,19 +76,19 @@ impl JobResources {
             .filter(|_| vcpus.is_none() || memory_mib.is_none())
             .and_then(|uri| container_limits(&uri));
         let (vcpus, vcpus_from) = match (vcpus, metadata.and_then(|m| m.vcpus())) {
-            (Some(n), _) => (n as usize, Source::JobDefinition),
-            (None, Some(n)) => (n, Source::EcsMetadata),
+            (Some(n), _) => (n as usize, SizeSource::JobDefinition),
+            (None, Some(n)) => (n, SizeSource::EcsMetadata),
             (None, None) => {
                 let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-                (n, Source::Cgroup)
+                (n, SizeSource::Cgroup)
             }
         };
         let (memory, memory_from) = match (memory_mib, metadata.and_then(|m| m.memory)) {
-            (Some(mib), _) => (Some(mib << 20), Source::JobDefinition),
-            (None, Some(mib)) if mib > 0 => (Some(mib << 20), Source::EcsMetadata),
+            (Some(mib), _) => (Some(mib << 20), SizeSource::JobDefinition),
+            (None, Some(mib)) if mib > 0 => (Some(mib << 20), SizeSource::EcsMetadata),
             _ => match cgroup_memory_limit() {
-                Some(bytes) => (Some(bytes), Source::Cgroup),
-                None => (None, Source::Host),
+                Some(bytes) => (Some(bytes), SizeSource::Cgroup),
+                None => (None, SizeSource::Host),
             },
         };
         JobResources {
@@ -258,9 +258,9 @@ mod tests {
     fn job(vcpus: usize, memory_mib: Option<u64>) -> JobResources {
         JobResources {
             vcpus,
-            vcpus_from: Source::JobDefinition,
+            vcpus_from: SizeSource::JobDefinition,
             memory: memory_mib.map(|m| m << 20),
-            memory_from: Source::JobDefinition,
+            memory_from: SizeSource::JobDefinition,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::Fatal;
 
 /// What an already-stored vector must match to be kept.
 #[derive(Clone, Debug)]
-pub struct Current {
+pub struct ResumeCheck {
     /// The reader of the vector table.
     pub reader: TableReader,
     /// sha256 of the model in use.
@@ -38,7 +38,7 @@ pub fn is_current(item: &WorkItem, stored: Option<&Provenance>, model_sha256: &s
 /// under `--force`.
 pub async fn run(
     manifest: Arc<Manifest>,
-    current: Option<Current>,
+    current: Option<ResumeCheck>,
     output: mpsc::Sender<WorkItem>,
     tally: Arc<Tally>,
     stop: Stop,
