@@ -6,7 +6,7 @@ Starts its own moto server on 127.0.0.1, uploads generated images, and runs, int
     variants, to see whether decode starves inference on this 2-core machine);
   - worker/bench/sample_worker.py (sequential S3 get, PIL, onnxruntime, one PutItem per image).
 Each run writes to a fresh table. Wall time is from process start to exit (model load included);
-peak RSS is the child's ru_maxrss (os.wait4). Then the worker alone on manifests of
+peak RSS is the command's ru_maxrss (os.wait4, from a small launcher: see run_timed). Then the worker alone on manifests of
 `--rss-sizes` tiny images, for peak RSS against manifest length.
 
 Run through worker/bench/run.sh, which builds the release binary first.
@@ -111,19 +111,33 @@ def new_table(ddb, name):
     return name
 
 
+# Linux starts a child's ru_maxrss at its parent's RSS when it was forked (kept across exec):
+# forked from this process, which holds the images, a small worker would report our size. So
+# the command is forked from a small launcher, which reports the command's own peak.
+LAUNCHER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_timed(cmd, env):
     """Runs cmd; returns (wall seconds, peak RSS in MiB, stderr text)."""
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([sys.executable, "-c", LAUNCHER, rss.name, *cmd], env=env,
+                              stdout=subprocess.DEVNULL, stderr=err)
         seconds = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read().decode(errors="replace")
+        peak_kib = int(rss.read() or 0)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} exited {proc.returncode}:\n{text[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, text
+    return seconds, peak_kib / 1024, text
 
 
 def worker_summary(stderr):
