@@ -136,30 +136,9 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// The default model's spec (its file is never opened).
     fn spec() -> ModelSpec {
-        let toml = r#"
-            name = "t"
-            source_url = "x"
-            sha256 = "3b4d048057854022232aa20bf68262e31718ab7119a17f920b8a2dc1433f824b"
-            file = "m.onnx"
-            [input]
-            name = "data"
-            width = 224
-            height = 224
-            channel_order = "rgb"
-            layout = "nchw"
-            [preprocess]
-            resize_shorter_to = 256
-            crop_width = 224
-            crop_height = 224
-            interpolation = "bilinear"
-            scale = 255.0
-            mean = [0.485, 0.456, 0.406]
-            std = [0.229, 0.224, 0.225]
-            [embedding]
-            select = "input_of_last_gemm"
-            dimension = 512
-        "#;
+        let toml = include_str!("../../models/resnet18-v2-7.toml");
         ModelSpec::from_toml(toml, Path::new(".")).unwrap()
     }
 
