@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use embatch_engine::{Engine, EngineOptions, Limits, ModelSpec, Prepared};
-use embatch_localaws::{python, test_model};
+use embatch_testkit::{python, test_model};
 use rayon::prelude::*;
 
 #[derive(Parser)]

@@ -17,7 +17,7 @@ use std::process::Command;
 
 use clap::Parser;
 use embatch_engine::{Engine, Limits, ModelSpec};
-use embatch_localaws::python;
+use embatch_testkit::python;
 use rayon::prelude::*;
 
 #[derive(Parser)]

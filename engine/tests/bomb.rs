@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use embatch_engine::{Engine, ImageError, Limits};
-use embatch_localaws::sample::png_declaring;
+use embatch_testkit::sample::png_declaring;
 
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);

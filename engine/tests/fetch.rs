@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use embatch_localaws::python;
+use embatch_testkit::python;
 
 fn fetch(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(python::interpreter().unwrap())

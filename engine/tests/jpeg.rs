@@ -111,8 +111,8 @@ for name in ["baseline", "progressive"]:
         im = im.convert("RGB")
         (out / f"{name}_{denom}.rgb").write_bytes(f"{im.width} {im.height}\n".encode() + im.tobytes())
 "#;
-    let root = embatch_localaws::python::workspace_root();
-    let out = std::process::Command::new(embatch_localaws::python::interpreter().unwrap())
+    let root = embatch_testkit::python::workspace_root();
+    let out = std::process::Command::new(embatch_testkit::python::interpreter().unwrap())
         .args([OsStr::new("-c"), OsStr::new(SCRIPT)])
         .arg(root.join("tests/reference"))
         .arg(dir.path())

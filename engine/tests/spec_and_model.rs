@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use embatch_engine::{
     EmbeddingSelector, Engine, EngineError, Interpolation, Limits, ModelSpec, SpecError,
 };
-use embatch_localaws::python::workspace_root;
+use embatch_testkit::python::workspace_root;
 
 /// The generated spec's text with `file` made absolute, so edited copies can live anywhere.
 fn spec_text() -> String {

@@ -1,13 +1,12 @@
 //! A local stand-in for the cloud, for tests and the local run.
 //!
-//! - [`python`]: the project's Python environment (`.venv`, made by `scripts/setup`).
 //! - [`batch`]: plays AWS Batch (runs the worker per array child with Batch's environment), and
 //!   creates the compute environment, job queue and job definition in the emulator.
 //! - [`emulator`]: the AWS emulator (moto server) on a free 127.0.0.1 port, and aws-sdk config for it.
 //! - [`faults`]: a fault-injecting HTTP proxy in front of the emulator (throttling, unprocessed
 //!   batch items, 5xx, dropped connections, delays), with counters of what it injected.
 //! - [`iam`]: IAM enforced on the proxy's requests, as AWS would (the emulator enforces none).
-//! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random weights.
+//! - [`python`], [`sample`], [`test_model`]: re-exported from `embatch-testkit` (no AWS).
 //!
 //! Nothing here is used by the deployed worker or submitter.
 
@@ -16,8 +15,6 @@ pub mod bins;
 pub mod emulator;
 pub mod faults;
 pub mod iam;
-pub mod python;
-pub mod sample;
-pub mod test_model;
 
+pub use embatch_testkit::{python, sample, test_model};
 pub use emulator::Emulator;

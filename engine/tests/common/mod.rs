@@ -1,12 +1,12 @@
 //! Shared helpers for the engine's integration tests: the generated test model, generated
 //! test images and the Python reference pipeline (all via the project's `.venv`).
-#![allow(dead_code)] // each test binary uses a subset
+#![allow(dead_code, unused_imports)] // each test binary uses a subset
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use embatch_engine::ModelSpec;
-use embatch_localaws::{python, test_model};
+use embatch_testkit::{python, test_model};
 
 /// The generated ResNet18-architecture test model's spec.
 pub fn resnet18() -> ModelSpec {
@@ -49,15 +49,4 @@ pub fn make_images(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Cosine similarity.
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(*x), f64::from(*y));
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    ab / (aa.sqrt() * bb.sqrt())
-}
+pub use embatch_testkit::cosine;

@@ -1,6 +1,6 @@
 //! What the worker's end-to-end tests share: an emulator with a bucket, a table and a run
 //! folder, the worker started as AWS Batch starts an array child, and test pictures.
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
 pub mod hostile;
 
@@ -234,15 +234,7 @@ pub fn encode(image: RgbImage, format: ImageFormat) -> Vec<u8> {
     bytes
 }
 
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
+pub use embatch_testkit::cosine;
 
 pub fn run(mut command: Command) -> (ExitStatus, String) {
     let out = command.output().expect("the worker starts");

@@ -1,0 +1,30 @@
+//! What the tests (and the local run) share, without AWS: a crate's tests can use it without
+//! compiling an SDK.
+//!
+//! - [`python`]: the project's Python environment (`.venv`, made by `scripts/setup`).
+//! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random
+//!   weights, and its spec.
+//! - [`sample`]: the generated sample images (families of pictures, header-only bombs).
+//! - [`cosine`]: cosine similarity of two vectors.
+
+pub mod python;
+pub mod sample;
+pub mod test_model;
+
+/// Cosine similarity of `a` and `b`, in f64 (0 if either is all zeros). Panics if their lengths
+/// differ: a test comparing vectors of two lengths is wrong already.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "cosine of vectors of different lengths");
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
