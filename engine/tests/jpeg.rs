@@ -112,16 +112,12 @@ for name in ["baseline", "progressive"]:
         (out / f"{name}_{denom}.rgb").write_bytes(f"{im.width} {im.height}\n".encode() + im.tobytes())
 "#;
     let root = embatch_testkit::python::workspace_root();
-    let out = std::process::Command::new(embatch_testkit::python::interpreter().unwrap())
-        .args([OsStr::new("-c"), OsStr::new(SCRIPT)])
-        .arg(root.join("tests/reference"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    embatch_testkit::run_ok(
+        std::process::Command::new(embatch_testkit::python::interpreter().unwrap())
+            .args([OsStr::new("-c"), OsStr::new(SCRIPT)])
+            .arg(root.join("tests/reference"))
+            .arg(dir.path()),
+        "PIL draft()",
     );
     for name in ["baseline", "progressive"] {
         let jpeg = std::fs::read(dir.path().join(format!("{name}.jpg"))).unwrap();

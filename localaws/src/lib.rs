@@ -16,5 +16,5 @@ pub mod emulator;
 pub mod faults;
 pub mod iam;
 
-pub use embatch_testkit::{python, sample, test_model};
+pub use embatch_testkit::{python, run_ok, sample, test_model};
 pub use emulator::Emulator;

@@ -213,15 +213,11 @@ async fn a_child_process_can_use_the_proxy_through_its_environment() {
          s3 = boto3.client('s3', config=c.Config(retries={{'max_attempts': 3, 'mode': 'standard'}}, s3={{'addressing_style': 'path'}}))\n\
          print(len(s3.get_object(Bucket='{bucket}', Key='k')['Body'].read()))\n"
     );
-    let out = std::process::Command::new(python)
-        .args(["-c", &script])
-        .envs(proxy.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = embatch_localaws::run_ok(
+        std::process::Command::new(python)
+            .args(["-c", &script])
+            .envs(proxy.env()),
+        "boto3 through the proxy",
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65536");
     assert_eq!(proxy.counts().injected(), 1);

@@ -5,7 +5,7 @@
 //! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random
 //!   weights, and its spec.
 //! - [`sample`]: the generated sample images (families of pictures, header-only bombs).
-//! - [`cosine`]: cosine similarity of two vectors.
+//! - [`cosine`]: cosine similarity of two vectors; [`run_ok`]: a command that must succeed.
 
 pub mod python;
 pub mod sample;
@@ -27,4 +27,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     } else {
         dot / (na.sqrt() * nb.sqrt())
     }
+}
+
+/// Runs `command` and returns its output; panics with `what` and the command's stderr if it
+/// did not exit 0.
+pub fn run_ok(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: {command:?} did not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

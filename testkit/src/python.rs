@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    // This crate lives at <root>/localaws.
+    // This crate lives at <root>/testkit.
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("localaws has a parent directory")
+        .expect("testkit has a parent directory")
         .to_path_buf()
 }
 

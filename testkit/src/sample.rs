@@ -21,7 +21,8 @@ pub struct SampleImage {
 /// The families, in folder order.
 pub const FAMILIES: [&str; 4] = ["discs", "stripes", "checks", "gradients"];
 
-const FORMATS: [(ImageFormat, &str); 6] = [
+/// Every format the samples come in, with its file extension.
+pub const FORMATS: [(ImageFormat, &str); 6] = [
     (ImageFormat::Jpeg, "jpg"),
     (ImageFormat::Png, "png"),
     (ImageFormat::WebP, "webp"),

@@ -23,14 +23,7 @@ fn events(stderr: &str, message: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-const FORMATS: [(ImageFormat, &str); 6] = [
-    (ImageFormat::Jpeg, "jpg"),
-    (ImageFormat::Png, "png"),
-    (ImageFormat::WebP, "webp"),
-    (ImageFormat::Gif, "gif"),
-    (ImageFormat::Bmp, "bmp"),
-    (ImageFormat::Tiff, "tiff"),
-];
+use embatch_testkit::sample::FORMATS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_skips_all() {
