@@ -1,11 +1,11 @@
-//! Arbitrary bytes through the manifest reader (`embatch_records::manifest::Lines`, what the
+//! Arbitrary bytes through the manifest reader (`embatch_formats::manifest::Lines`, what the
 //! worker reads its manifest with, and `parse_jsonl` on it): must never panic; line numbers
 //! rise and stay within the input's lines; what parses survives the `to_jsonl` round trip
 //! unchanged.
 
 #![no_main]
 
-use embatch_records::manifest::{parse_jsonl, to_jsonl, Lines};
+use embatch_formats::manifest::{parse_jsonl, to_jsonl, Lines};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

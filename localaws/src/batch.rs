@@ -41,7 +41,7 @@ use aws_sdk_batch::types::{
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use embatch_records::run::{env, exit};
+use embatch_formats::run::{env, exit};
 
 use crate::Emulator;
 

@@ -3,6 +3,8 @@
 //! - [`batch`]: plays AWS Batch (runs the worker per array child with Batch's environment), and
 //!   creates the compute environment, job queue and job definition in the emulator.
 //! - [`emulator`]: the AWS emulator (moto server) on a free 127.0.0.1 port, and aws-sdk config for it.
+//! - [`fixture`]: what the emulator tests share: an emulator with a bucket and a table
+//!   ([`fixture::Cloud`]), objects read back, vector records with awkward bit patterns.
 //! - [`faults`]: a fault-injecting HTTP proxy in front of the emulator (throttling, unprocessed
 //!   batch items, 5xx, dropped connections, delays), with counters of what it injected.
 //! - [`iam`]: IAM enforced on the proxy's requests, as AWS would (the emulator enforces none).
@@ -14,6 +16,7 @@ pub mod batch;
 pub mod bins;
 pub mod emulator;
 pub mod faults;
+pub mod fixture;
 pub mod iam;
 
 pub use embatch_testkit::{python, run_ok, sample, test_model};

@@ -14,13 +14,14 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
+use embatch_aws::client;
+use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_formats::run::RunLayout;
+use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::Emulator;
 use embatch_localaws::{batch, bins, python, sample, test_model};
-use embatch_records::report::{ChildSummary, FailureLine};
-use embatch_records::run::RunLayout;
-use embatch_records::s3uri::S3Uri;
 use embatch_records::vector::VectorRecord;
-use embatch_records::{aws, reader::TableReader, table};
+use embatch_records::{reader::TableReader, table};
 
 /// The local run: embed a folder of images with the real submitter and worker against a local
 /// AWS emulator, and show the result.
@@ -83,8 +84,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Emulator::start()?
     };
     let config = emulator.sdk_config().await;
-    let s3 = aws::s3(&config);
-    let dynamodb = aws::dynamodb(&config);
+    let s3 = client::s3(&config);
+    let dynamodb = client::dynamodb(&config);
     let batch_client = aws_sdk_batch::Client::new(&config);
 
     say("creating the bucket, the vector table and the Batch queue");

@@ -5,14 +5,14 @@
 //! `get` and `provenance` use `BatchGetItem` in chunks of ≤ [`MAX_BATCH_GET_KEYS`] keys with
 //! several requests in flight. The SDK retries 5xx answers, timeouts and broken connections;
 //! `UnprocessedKeys` and throttling that outlasts the SDK are retried with the shared
-//! [`RetryPolicy`] (see [`crate::retry`]). A stored item that is not a valid vector is an
+//! [`RetryPolicy`] (see [`embatch_aws::retry`]). A stored item that is not a valid vector is an
 //! [`ItemError`] naming it, never a panic or a wrong vector.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
 //! # // Runs against the local emulator; in production the client comes from
-//! # // `embatch_records::aws::dynamodb(&embatch_records::aws::load(&Default::default()).await)`.
+//! # // `embatch_aws::client::dynamodb(&embatch_aws::client::load(&Default::default()).await)`.
 //! # let emulator = embatch_localaws::Emulator::start()?;
 //! # let client = aws_sdk_dynamodb::Client::new(&emulator.sdk_config().await);
 //! # embatch_records::table::create_table(&client, "embatch-vectors").await?;
@@ -51,10 +51,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::Semaphore;
 
-use crate::retry::{is_throttling, is_transient_sdk_error, retry, RetryPolicy};
-use crate::sdk_error::describe;
 use crate::vector::{attr, ItemError, VectorRecord};
 use crate::writer::preview;
+use embatch_aws::retry::{is_throttling, is_transient_sdk_error, retry, RetryPolicy};
+use embatch_aws::sdk_error::describe;
 
 /// DynamoDB's limit on the keys in one `BatchGetItem`.
 pub const MAX_BATCH_GET_KEYS: usize = 100;

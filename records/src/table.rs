@@ -9,8 +9,8 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 
-use crate::sdk_error::{causes, describe};
 use crate::vector::attr;
+use embatch_aws::sdk_error::{causes, describe};
 
 /// How long [`create_table`] waits for the table to become ACTIVE.
 const ACTIVE_WITHIN: Duration = Duration::from_secs(120);

@@ -5,7 +5,7 @@
 //! here because emulators do not), up to [`WriterConfig::max_in_flight`] requests at once
 //! across every clone of the writer. The SDK retries 5xx answers, timeouts and broken
 //! connections; `UnprocessedItems` and throttling that outlasts the SDK are retried here with
-//! the shared [`RetryPolicy`] (see [`crate::retry`] for the layers). When a budget is spent the
+//! the shared [`RetryPolicy`] (see [`embatch_aws::retry`] for the layers). When a budget is spent the
 //! [`WriteError`] names every `ImageId` that was not written. Nothing is dropped silently.
 //!
 //! Throttling also slows the writer down: a [`Pacer`] shared by its clones spaces the starts of
@@ -44,9 +44,9 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use tokio::sync::Semaphore;
 
-use crate::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
-use crate::sdk_error::describe;
 use crate::vector::{attr, VectorRecord};
+use embatch_aws::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
+use embatch_aws::sdk_error::describe;
 
 /// DynamoDB's limit on the requests in one `BatchWriteItem`.
 pub const MAX_BATCH_WRITE_ITEMS: usize = 25;

@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
+use embatch_aws::client::SDK_MAX_ATTEMPTS;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::aws::SDK_MAX_ATTEMPTS;
 
 /// The writer's pacer at test speed: the proxy's faults do not ease when it slows down.
 const FAST_PACE: std::time::Duration = std::time::Duration::from_millis(5);
@@ -97,7 +97,7 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
     }
 }
 
-/// One retry layer per failure class (embatch_records::retry): a 5xx that never ends costs
+/// One retry layer per failure class (embatch_aws::retry): a 5xx that never ends costs
 /// exactly the SDK's attempts per request, and ours add none.
 #[tokio::test]
 async fn a_persistent_5xx_costs_exactly_the_sdks_attempts_per_request() {

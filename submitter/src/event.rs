@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use embatch_records::s3uri::S3Uri;
+use embatch_formats::s3uri::S3Uri;
 
 use crate::InputError;
 

@@ -22,12 +22,12 @@ pub mod submission;
 
 use serde::Serialize;
 
-use embatch_records::image_id::ImageIdMode;
-use embatch_records::manifest::ManifestLine;
-use embatch_records::run::{
+use embatch_formats::image_id::ImageIdMode;
+use embatch_formats::manifest::ManifestLine;
+use embatch_formats::run::{
     new_run_id, now_rfc3339, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE,
 };
-use embatch_records::s3uri::S3Uri;
+use embatch_formats::s3uri::S3Uri;
 
 use crate::event::PathsEvent;
 use crate::listing::{ExtensionFilter, ListingStats};
@@ -40,7 +40,7 @@ use crate::submission::JobTarget;
 #[error("{0}")]
 pub struct InputError(pub String);
 
-pub use embatch_records::run::DEFAULT_MODEL_SPEC;
+pub use embatch_formats::run::DEFAULT_MODEL_SPEC;
 
 /// vCPU-seconds per image used for the `--dry-run` estimate unless told otherwise: about
 /// 56 ms of tract ResNet18 inference per image per core plus ~20 ms to decode and
@@ -117,12 +117,12 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Clients from one SDK configuration (see `embatch_records::aws`).
+    /// Clients from one SDK configuration (see `embatch_aws::client`).
     pub fn new(config: &aws_config::SdkConfig) -> Self {
         Self {
-            s3: embatch_records::aws::s3(config),
+            s3: embatch_aws::client::s3(config),
             batch: aws_sdk_batch::Client::new(config),
-            dynamodb: embatch_records::aws::dynamodb(config),
+            dynamodb: embatch_aws::client::dynamodb(config),
         }
     }
 }
@@ -133,7 +133,7 @@ pub fn runs_root(bucket: Option<&str>, runs_uri: Option<&S3Uri>) -> Result<S3Uri
         (Some(uri), _) => Ok(uri.clone()),
         (None, Some(bucket)) => Ok(S3Uri::new(
             bucket,
-            embatch_records::run::DEFAULT_RUNS_PREFIX,
+            embatch_formats::run::DEFAULT_RUNS_PREFIX,
         )),
         (None, None) => Err(InputError(
             "no place for the run's manifests: give --bucket or --runs-uri".to_string(),

@@ -8,8 +8,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use aws_sdk_s3::types::EncodingType;
-use embatch_records::s3uri::{decode_listed_key, S3Uri};
-use embatch_records::sdk_error::describe;
+use embatch_aws::sdk_error::describe;
+use embatch_formats::s3uri::{decode_listed_key, S3Uri};
 
 /// Extensions listed as images unless `--extensions` says otherwise.
 pub const DEFAULT_EXTENSIONS: &[&str] =

@@ -14,10 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use embatch_records::aws::AwsOptions;
-use embatch_records::image_id::ImageIdMode;
-use embatch_records::s3uri::S3Uri;
-use embatch_records::sdk_log::NoCredentials;
+use embatch_aws::client::AwsOptions;
+use embatch_aws::sdk_log::NoCredentials;
+use embatch_formats::image_id::ImageIdMode;
+use embatch_formats::s3uri::S3Uri;
 use embatch_submitter::event::PathsEvent;
 use embatch_submitter::listing::{ExtensionFilter, DEFAULT_EXTENSIONS};
 use embatch_submitter::plan::DEFAULT_IMAGES_PER_JOB;
@@ -80,10 +80,10 @@ struct SubmitArgs {
     #[arg(long, default_value_t = DEFAULT_IMAGES_PER_JOB, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     images_per_job: usize,
     /// Children per array job (AWS Batch allows 2..=10000); more manifests make more jobs.
-    #[arg(long, default_value_t = embatch_records::run::MAX_ARRAY_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=10_000))]
+    #[arg(long, default_value_t = embatch_formats::run::MAX_ARRAY_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=10_000))]
     max_array_size: usize,
     /// How an object becomes its ImageId.
-    #[arg(long, value_enum, default_value_t = ImageIdMode::Key)]
+    #[arg(long, default_value_t = ImageIdMode::Key, value_parser = image_id_mode())]
     image_id: ImageIdMode,
     /// Image file extensions, case-insensitive, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_EXTENSIONS.iter().map(|s| s.to_string()))]
@@ -157,7 +157,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = embatch_records::aws::load(&AwsOptions {
+    let config = embatch_aws::client::load(&AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
         attempt_timeout: None,
@@ -242,4 +242,11 @@ fn read_event(args: &SubmitArgs) -> anyhow::Result<PathsEvent> {
         )
         .into()),
     }
+}
+
+/// `--image-id`: the names of [`ImageIdMode`], listed in the help.
+fn image_id_mode() -> impl clap::builder::TypedValueParser<Value = ImageIdMode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(ImageIdMode::ALL.map(ImageIdMode::name))
+        .try_map(|name| name.parse::<ImageIdMode>())
 }

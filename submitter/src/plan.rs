@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use embatch_records::image_id::ImageIdMode;
-use embatch_records::manifest::ManifestLine;
+use embatch_formats::image_id::ImageIdMode;
+use embatch_formats::manifest::ManifestLine;
 
 use crate::listing::ListedImage;
 use crate::InputError;
@@ -56,19 +56,11 @@ pub fn assign_image_ids(
             "{collision_count} images share an ImageId with another image under --image-id {}; \
              their vectors would overwrite each other. Examples:\n{}\n\
              Use --image-id key (unique per bucket) or uri (unique everywhere), or narrow the paths.",
-            mode_name(mode),
+            mode.name(),
             examples.join("\n")
         )));
     }
     Ok(lines)
-}
-
-fn mode_name(mode: ImageIdMode) -> &'static str {
-    match mode {
-        ImageIdMode::Key => "key",
-        ImageIdMode::Uri => "uri",
-        ImageIdMode::Stem => "stem",
-    }
 }
 
 /// One Batch job to submit: manifests `manifest_offset .. manifest_offset + manifests`.

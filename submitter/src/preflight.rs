@@ -5,8 +5,8 @@ use anyhow::Context;
 use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use aws_sdk_s3::types::EncodingType;
-use embatch_records::s3uri::S3Uri;
-use embatch_records::sdk_error::describe;
+use embatch_aws::sdk_error::describe;
+use embatch_formats::s3uri::S3Uri;
 
 use crate::InputError;
 

@@ -7,9 +7,9 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use embatch_records::report::{ChildSummary, FailureLine};
-use embatch_records::run::{RunLayout, RunPlan};
-use embatch_records::s3uri::S3Uri;
+use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_formats::run::{RunLayout, RunPlan};
+use embatch_formats::s3uri::S3Uri;
 
 use crate::{Clients, InputError};
 
@@ -307,7 +307,7 @@ async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Re
         let page = page.with_context(|| format!("listing {prefix}"))?;
         for encoded in page.contents().iter().filter_map(|o| o.key()) {
             keys.push(
-                embatch_records::s3uri::decode_listed_key(encoded)
+                embatch_formats::s3uri::decode_listed_key(encoded)
                     .with_context(|| format!("listing {prefix}"))?,
             );
         }

@@ -7,11 +7,11 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, KeyValuePair, KeyValuesPair};
 use futures::{StreamExt, TryStreamExt};
 
-use embatch_records::manifest::{to_jsonl, ManifestLine};
-use embatch_records::retry::{is_throttling, is_transient_sdk_error};
-use embatch_records::run::{env, RunLayout, RunPlan};
-use embatch_records::s3uri::S3Uri;
-use embatch_records::sdk_error::describe;
+use embatch_aws::retry::{is_throttling, is_transient_sdk_error};
+use embatch_aws::sdk_error::describe;
+use embatch_formats::manifest::{to_jsonl, ManifestLine};
+use embatch_formats::run::{env, RunLayout, RunPlan};
+use embatch_formats::s3uri::S3Uri;
 
 use crate::plan::JobSpec;
 use crate::Clients;

@@ -3,9 +3,9 @@
 mod common;
 
 use common::Fixture;
-use embatch_records::report::{ChildSummary, FailureLine};
-use embatch_records::run::RunLayout;
-use embatch_records::s3uri::S3Uri;
+use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_formats::run::RunLayout;
+use embatch_formats::s3uri::S3Uri;
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()

@@ -5,11 +5,11 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::Fixture;
+use embatch_formats::manifest::{parse_jsonl, ManifestLine};
+use embatch_formats::run::{env, RunLayout, RunPlan};
+use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::unique_name;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::manifest::{parse_jsonl, ManifestLine};
-use embatch_records::run::{env, RunLayout, RunPlan};
-use embatch_records::s3uri::S3Uri;
 
 const RUNS: &str = "embatch-runs/";
 

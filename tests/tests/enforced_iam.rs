@@ -14,13 +14,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use embatch_formats::manifest::{to_jsonl, ManifestLine};
+use embatch_formats::run::{exit, RunLayout};
+use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::Player;
 use embatch_localaws::faults::{FaultPlan, FaultProxy};
 use embatch_localaws::iam::{self, Decision, Iam, NamedPolicy, Principal};
 use embatch_localaws::{bins, python, sample, test_model, Emulator};
-use embatch_records::manifest::{to_jsonl, ManifestLine};
-use embatch_records::run::{exit, RunLayout};
-use embatch_records::s3uri::S3Uri;
 use serde::Deserialize;
 
 /// What deploy/deployed_policies.py prints.
@@ -159,7 +159,7 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
         enforcement.clone(),
     )
     .unwrap();
-    let admin = embatch_records::aws::s3(&emulator.sdk_config().await);
+    let admin = embatch_aws::client::s3(&emulator.sdk_config().await);
 
     // Images under both allowed prefixes, one corrupt, and one the worker will find deleted.
     let samples = sample::generate(1, 5);
@@ -460,7 +460,7 @@ async fn refusals(emulator: &Emulator, deployment: &Deployment) {
     );
 
     // A manifest whose images all lie outside the role's prefixes (written by hand).
-    let admin = embatch_records::aws::s3(&emulator.sdk_config().await);
+    let admin = embatch_aws::client::s3(&emulator.sdk_config().await);
     let runs = S3Uri::parse(&o.run_root).unwrap();
     let layout = RunLayout::new(&runs, "denied-run");
     let lines: Vec<ManifestLine> = (0..20)

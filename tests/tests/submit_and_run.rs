@@ -1,19 +1,19 @@
 //! The real submitter, then AWS Batch played by `embatch_localaws::batch::Player` running the
 //! real worker for every array index, then every vector read back: the manifests the
 //! submitter writes are exactly what the worker reads (one shared definition in
-//! `embatch_records::manifest`), and every image ends as a vector or a recorded failure.
+//! `embatch_formats::manifest`), and every image ends as a vector or a recorded failure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 
+use embatch_formats::manifest::{parse_jsonl, ManifestLine};
+use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_formats::run::RunLayout;
+use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::{create_resources, Player};
 use embatch_localaws::emulator::unique_name;
 use embatch_localaws::{bins, sample, test_model, Emulator};
-use embatch_records::manifest::{parse_jsonl, ManifestLine};
 use embatch_records::reader::TableReader;
-use embatch_records::report::{ChildSummary, FailureLine};
-use embatch_records::run::RunLayout;
-use embatch_records::s3uri::S3Uri;
 use embatch_records::table::create_table;
 
 async fn get(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Vec<u8> {
@@ -49,8 +49,8 @@ async fn submitted_manifests_are_what_the_worker_embeds() {
     let spec = test_model::resnet18_spec().unwrap();
     let emulator = Emulator::start().unwrap();
     let config = emulator.sdk_config().await;
-    let s3 = embatch_records::aws::s3(&config);
-    let dynamodb = embatch_records::aws::dynamodb(&config);
+    let s3 = embatch_aws::client::s3(&config);
+    let dynamodb = embatch_aws::client::dynamodb(&config);
     let batch = aws_sdk_batch::Client::new(&config);
 
     let bucket = unique_name("e2e");

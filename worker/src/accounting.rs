@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
-use embatch_records::report::{ChildSummary, FailureLine};
-use embatch_records::s3uri::S3Uri;
-use embatch_records::sdk_error::describe;
+use embatch_aws::sdk_error::describe;
+use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_formats::s3uri::S3Uri;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
@@ -221,7 +221,7 @@ async fn put(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embatch_records::manifest::ManifestLine;
+    use embatch_formats::manifest::ManifestLine;
 
     fn item(n: usize) -> WorkItem {
         WorkItem {

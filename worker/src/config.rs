@@ -1,17 +1,17 @@
 //! The worker's settings: every one a CLI flag, the run's own also read from the environment
-//! the submitter and AWS Batch set (names defined once in [`embatch_records::run::env`]).
+//! the submitter and AWS Batch set (names defined once in [`embatch_formats::run::env`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use embatch_engine::Limits;
-use embatch_records::run::{env, RunLayout};
-use embatch_records::s3uri::S3Uri;
+use embatch_formats::run::{env, RunLayout};
+use embatch_formats::s3uri::S3Uri;
 
 use crate::resources::{PoolPlan, PoolRequest};
 
-pub use embatch_records::run::DEFAULT_MODEL_SPEC;
+pub use embatch_formats::run::DEFAULT_MODEL_SPEC;
 
 /// Embeds the images of one manifest of an embatch run and stores the vectors in DynamoDB.
 ///

@@ -2,7 +2,7 @@
 //!
 //! The SDK retries 5xx answers, throttling, timeouts and broken connections; a body cut short
 //! or gone silent (which the SDK does not retry) and throttling that outlasts the SDK are
-//! retried here with the shared backoff policy (see `embatch_records::retry`). When either
+//! retried here with the shared backoff policy (see `embatch_aws::retry`). When either
 //! gives up the child stops (exit 75). A missing or forbidden object, or one over the size limit, is a
 //! permanent failure of that image only. The size limit is checked before downloading (the
 //! manifest's size, then `Content-Length`) and again while the body streams in.
@@ -14,9 +14,9 @@ use anyhow::anyhow;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::{Bytes, BytesMut};
+use embatch_aws::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
+use embatch_aws::sdk_error::{causes, describe};
 use embatch_engine::ImageError;
-use embatch_records::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
-use embatch_records::sdk_error::{causes, describe};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use embatch_engine::{Engine, Prepared};
-use embatch_records::run::now_rfc3339;
+use embatch_formats::run::now_rfc3339;
 use embatch_records::vector::{VectorMetadata, VectorRecord};
 use tokio::sync::mpsc;
 

@@ -20,7 +20,7 @@ pub mod resume;
 pub mod shutdown;
 pub mod write;
 
-use embatch_records::run::exit;
+use embatch_formats::run::exit;
 
 use crate::accounting::Counts;
 use crate::config::Config;
@@ -55,7 +55,7 @@ pub enum Ending {
 }
 
 impl Ending {
-    /// The process exit code (see [`embatch_records::run::exit`]).
+    /// The process exit code (see [`embatch_formats::run::exit`]).
     pub fn exit_code(&self) -> i32 {
         match self {
             Ending::Done(_) => exit::DONE,

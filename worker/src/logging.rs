@@ -6,7 +6,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use embatch_records::sdk_log::NoCredentials;
+use embatch_aws::sdk_log::NoCredentials;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;

@@ -1,7 +1,7 @@
 //! `embatch-worker`: the container entrypoint AWS Batch runs for each array child.
 
 use clap::Parser;
-use embatch_records::run::exit;
+use embatch_formats::run::exit;
 use embatch_worker::config::Config;
 use embatch_worker::resources::{JobResources, PoolPlan};
 use embatch_worker::{logging, Ending};

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use anyhow::anyhow;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::Bytes;
-use embatch_records::manifest::{self, ManifestError, ManifestLine};
-use embatch_records::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
-use embatch_records::s3uri::S3Uri;
-use embatch_records::sdk_error::describe;
+use embatch_aws::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
+use embatch_aws::sdk_error::describe;
+use embatch_formats::manifest::{self, ManifestError, ManifestLine};
+use embatch_formats::s3uri::S3Uri;
 
 use crate::Fatal;
 
@@ -51,7 +51,7 @@ impl Manifest {
         role: &str,
     ) -> Result<Manifest, Fatal> {
         // Ours to retry (the SDK retried the rest): throttling, and a body cut short.
-        let bytes = embatch_records::retry::retry(policy, ManifestAttempt::is_retried, || async {
+        let bytes = embatch_aws::retry::retry(policy, ManifestAttempt::is_retried, || async {
             let response = s3
                 .get_object()
                 .bucket(&uri.bucket)
@@ -154,7 +154,7 @@ impl Manifest {
     }
 }
 
-/// The lines of a [`Manifest`] as [`WorkItem`]s, read by [`embatch_records::manifest::Lines`].
+/// The lines of a [`Manifest`] as [`WorkItem`]s, read by [`embatch_formats::manifest::Lines`].
 /// Yields errors only before [`Manifest::parse`] has checked them; afterwards every line parses.
 #[derive(Debug)]
 pub struct Lines<'a>(manifest::Lines<'a>);
@@ -187,7 +187,7 @@ impl ManifestAttempt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embatch_records::manifest::to_jsonl;
+    use embatch_formats::manifest::to_jsonl;
 
     fn line(key: &str, id: &str) -> ManifestLine {
         ManifestLine {

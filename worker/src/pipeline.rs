@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use embatch_aws::client::{self, AwsOptions};
+use embatch_aws::retry::RetryPolicy;
 use embatch_engine::{Engine, EngineOptions, ModelSpec};
-use embatch_records::aws::{self, AwsOptions};
+use embatch_formats::report::ChildSummary;
 use embatch_records::reader::TableReader;
-use embatch_records::report::ChildSummary;
-use embatch_records::retry::RetryPolicy;
 use embatch_records::writer::{TableWriter, WriterConfig, MAX_BATCH_WRITE_ITEMS};
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
@@ -67,14 +67,14 @@ async fn run_inner(
     let spec = ModelSpec::from_path(&config.model_spec)
         .with_context(|| format!("reading model spec {}", config.model_spec.display()))
         .map_err(Fatal::Permanent)?;
-    let sdk = aws::load(&AwsOptions {
+    let sdk = client::load(&AwsOptions {
         endpoint_url: config.endpoint_url.clone(),
         region: config.region.clone(),
         attempt_timeout: Some(config.attempt_timeout()),
         initial_backoff: None,
     })
     .await;
-    let (s3, dynamodb) = (aws::s3(&sdk), aws::dynamodb(&sdk));
+    let (s3, dynamodb) = (client::s3(&sdk), client::dynamodb(&sdk));
     // Waits of up to 0.1, 0.2, 0.4, ... 5 s between attempts: rides out a SlowDown burst.
     let policy = RetryPolicy {
         max_attempts: config.fetch_attempts,

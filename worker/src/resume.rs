@@ -109,7 +109,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embatch_records::manifest::ManifestLine;
+    use embatch_formats::manifest::ManifestLine;
 
     #[test]
     fn only_the_same_etag_and_model_count_as_current() {

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use embatch_engine::{Engine, Limits};
+use embatch_formats::manifest::ManifestLine;
+use embatch_formats::run::exit;
 use embatch_localaws::sample::png_declaring;
-use embatch_records::manifest::ManifestLine;
 use embatch_records::reader::TableReader;
-use embatch_records::run::exit;
 use image::ImageFormat;
 
 mod common;

@@ -10,9 +10,9 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use embatch_aws::client::SDK_MAX_ATTEMPTS;
+use embatch_formats::run::exit;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::aws::SDK_MAX_ATTEMPTS;
-use embatch_records::run::exit;
 
 mod common;
 use common::*;

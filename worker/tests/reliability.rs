@@ -5,9 +5,9 @@
 //! faults. The `RELIABILITY ...` lines on stderr are the numbers in RELIABILITY.md
 //! (`cargo test --release -p embatch-worker --test reliability -- --nocapture`).
 
+use embatch_formats::report::ChildSummary;
+use embatch_formats::run::exit;
 use embatch_localaws::faults::{Fault, FaultCounts, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_records::report::ChildSummary;
-use embatch_records::run::exit;
 
 mod common;
 use common::*;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::hostile::run_measured;
 use common::*;
-use embatch_records::run::{env, exit};
+use embatch_formats::run::{env, exit};
 use image::{ImageBuffer, ImageFormat, Rgba};
 
 /// A stub of the ECS container metadata endpoint v4 on 127.0.0.1, answering every GET with

@@ -6,9 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use embatch_engine::{Limits, ModelSpec};
+use embatch_formats::run::{env, exit};
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
 use embatch_records::reader::TableReader;
-use embatch_records::run::{env, exit};
 use image::ImageFormat;
 
 mod common;

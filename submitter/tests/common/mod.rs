@@ -44,7 +44,7 @@ impl Fixture {
     pub async fn new() -> Self {
         let emulator = Emulator::start().expect("the emulator starts");
         let config = emulator.sdk_config().await;
-        let s3 = embatch_records::aws::s3(&config);
+        let s3 = embatch_aws::client::s3(&config);
         let batch = aws_sdk_batch::Client::new(&config);
         let dynamodb = aws_sdk_dynamodb::Client::new(&config);
         let bucket = unique_name("images");

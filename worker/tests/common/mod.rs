@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::Select;
 use embatch_engine::{Engine, Limits, ModelSpec};
+use embatch_formats::manifest::{to_jsonl, ManifestLine};
+use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_formats::run::{env, RunLayout};
+use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::unique_name;
 use embatch_localaws::{test_model, Emulator};
-use embatch_records::manifest::{to_jsonl, ManifestLine};
 use embatch_records::reader::TableReader;
-use embatch_records::report::{ChildSummary, FailureLine};
-use embatch_records::run::{env, RunLayout};
-use embatch_records::s3uri::S3Uri;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 
 pub const WORKER: &str = env!("CARGO_BIN_EXE_embatch-worker");
@@ -40,8 +40,8 @@ impl Fixture {
         // blocking threads come and go.
         let emulator = Emulator::start().expect("the emulator starts");
         let config = emulator.sdk_config().await;
-        let s3 = embatch_records::aws::s3(&config);
-        let dynamodb = embatch_records::aws::dynamodb(&config);
+        let s3 = embatch_aws::client::s3(&config);
+        let dynamodb = embatch_aws::client::dynamodb(&config);
         let bucket = unique_name("images");
         let table = unique_name("vectors");
         s3.create_bucket().bucket(&bucket).send().await.unwrap();

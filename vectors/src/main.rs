@@ -11,10 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use embatch_records::aws::{self, AwsOptions};
+use embatch_aws::client::{self, AwsOptions};
+use embatch_formats::run::env;
 use embatch_records::export::{export, IDS_FILE, VECTORS_FILE};
 use embatch_records::reader::TableReader;
-use embatch_records::run::env;
 use embatch_records::vector::{attr, VectorRecord, DATA_TYPE_F32};
 use serde_json::{json, Map, Value};
 
@@ -73,14 +73,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let table = cli
         .table
         .context("no table: pass --table or set EMBATCH_TABLE")?;
-    let config = aws::load(&AwsOptions {
+    let config = client::load(&AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
         attempt_timeout: None,
         initial_backoff: None,
     })
     .await;
-    let reader = TableReader::new(aws::dynamodb(&config), table.clone());
+    let reader = TableReader::new(client::dynamodb(&config), table.clone());
     match cli.command {
         Command::Get { ids, json } => {
             let fetched = reader.get(&ids).await?;

@@ -52,7 +52,7 @@ pub fn to_jsonl(lines: &[ManifestLine]) -> Vec<u8> {
 /// Parses JSON Lines; blank lines are ignored. `source_name` names the manifest in errors.
 ///
 /// ```
-/// use embatch_records::manifest::{parse_jsonl, to_jsonl, ManifestLine};
+/// use embatch_formats::manifest::{parse_jsonl, to_jsonl, ManifestLine};
 /// let line = ManifestLine { bucket: "b".into(), key: "a.jpg".into(), size: 3, etag: "e".into(), image_id: "a.jpg".into() };
 /// assert_eq!(parse_jsonl(&to_jsonl(&[line.clone()]), "s3://b/m.jsonl").unwrap(), vec![line]);
 /// ```

@@ -31,7 +31,7 @@ impl S3Uri {
     /// Parses `s3://bucket` or `s3://bucket/key`.
     ///
     /// ```
-    /// use embatch_records::s3uri::S3Uri;
+    /// use embatch_formats::s3uri::S3Uri;
     /// let u: S3Uri = "s3://photos/2024/a.jpg".parse().unwrap();
     /// assert_eq!((u.bucket.as_str(), u.key.as_str()), ("photos", "2024/a.jpg"));
     /// ```
@@ -58,7 +58,7 @@ impl S3Uri {
 /// XML 1.0 cannot carry (control characters, and CR, which XML parsers normalise) intact.
 ///
 /// ```
-/// use embatch_records::s3uri::decode_listed_key;
+/// use embatch_formats::s3uri::decode_listed_key;
 /// assert_eq!(decode_listed_key("a+b%2B%25%0D%01.jpg").unwrap(), "a b+%\r\u{1}.jpg");
 /// ```
 pub fn decode_listed_key(encoded: &str) -> Result<String, S3UriError> {

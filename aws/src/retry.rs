@@ -1,6 +1,6 @@
 //! What embatch retries, and how: one retry layer per failure class.
 //!
-//! 1. **The SDK** ([`crate::aws`]: standard mode, [`crate::aws::SDK_MAX_ATTEMPTS`] attempts per
+//! 1. **The SDK** ([`crate::client`]: standard mode, [`crate::client::SDK_MAX_ATTEMPTS`] attempts per
 //!    request, its own backoff and retry quota) retries everything its classifiers call
 //!    retryable: throttling codes, HTTP 500/502/503/504, timeouts, connection errors. Nothing
 //!    of ours retries those again: a 5xx or timeout that outlasts the SDK ends the call
@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use embatch_records::retry::{retry, RetryPolicy};
+//! use embatch_aws::retry::{retry, RetryPolicy};
 //!
 //! # tokio_test_runtime(async {
 //! let policy = RetryPolicy { base: Duration::from_millis(1), ..RetryPolicy::default() };

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The mapping from an object to its `ImageId`, chosen per run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageIdMode {
     /// The object key, e.g. `images/cats/1.jpg` (default: unique within a bucket).
@@ -17,10 +17,22 @@ pub enum ImageIdMode {
 }
 
 impl ImageIdMode {
+    /// Every mode, in the order the help lists them.
+    pub const ALL: [ImageIdMode; 3] = [ImageIdMode::Key, ImageIdMode::Uri, ImageIdMode::Stem];
+
+    /// The mode's name on the command line and in `run.json` (`key`, `uri`, `stem`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageIdMode::Key => "key",
+            ImageIdMode::Uri => "uri",
+            ImageIdMode::Stem => "stem",
+        }
+    }
+
     /// The `ImageId` of `s3://bucket/key` under this mapping.
     ///
     /// ```
-    /// use embatch_records::image_id::ImageIdMode;
+    /// use embatch_formats::image_id::ImageIdMode;
     /// assert_eq!(ImageIdMode::Key.image_id("b", "a/1.jpg"), "a/1.jpg");
     /// assert_eq!(ImageIdMode::Uri.image_id("b", "a/1.jpg"), "s3://b/a/1.jpg");
     /// assert_eq!(ImageIdMode::Stem.image_id("b", "a/1.jpg"), "1");
@@ -40,9 +52,46 @@ impl ImageIdMode {
     }
 }
 
+impl std::str::FromStr for ImageIdMode {
+    type Err = String;
+
+    /// A mode by [`ImageIdMode::name`]; the error lists the valid names.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown ImageId mode {s:?} (one of: {})", names.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for ImageIdMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ImageIdMode::*;
+    use super::ImageIdMode::{self, *};
+
+    #[test]
+    fn names_parse_back_and_match_the_serialised_form() {
+        for mode in ImageIdMode::ALL {
+            assert_eq!(mode.name().parse::<ImageIdMode>(), Ok(mode));
+            assert_eq!(
+                serde_json::to_string(&mode).unwrap(),
+                format!("\"{}\"", mode.name())
+            );
+        }
+        let err = "Key".parse::<ImageIdMode>().unwrap_err();
+        assert!(
+            err.contains("\"Key\"") && err.contains("key, uri, stem"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn stem_keeps_dotfiles_and_inner_dots() {

@@ -1,12 +1,11 @@
 //! What users outside Rust see: the original sample's Python reading code against items our
 //! writer stored, and the `embatch-vectors` CLI (`get --json`, `export` loaded by numpy).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::*;
+use embatch_localaws::fixture::{record, records, Cloud};
+use embatch_localaws::run_ok;
 use embatch_records::vector::{encode_f32_le, VectorRecord};
 use embatch_records::writer::{TableWriter, WriterConfig};
 use serde_json::Value;
@@ -15,7 +14,7 @@ fn python() -> Command {
     Command::new(embatch_localaws::python::interpreter().expect("scripts/setup made .venv"))
 }
 
-fn cli(s: &Setup) -> Command {
+fn cli(s: &Cloud) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_embatch-vectors"));
     command
         .envs(s.emulator.env())
@@ -24,19 +23,10 @@ fn cli(s: &Setup) -> Command {
     command
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let out = command.output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+/// The stdout of a command that must succeed.
+fn stdout(command: &mut Command) -> String {
+    let what = format!("{command:?}");
+    String::from_utf8(run_ok(command, &what).stdout).expect("utf-8 output")
 }
 
 /// The sample's reader, verbatim in its essentials, via the boto3 resource API (whose
@@ -77,15 +67,15 @@ print(json.dumps(out))
 
 #[tokio::test]
 async fn the_original_samples_python_reader_gets_bit_identical_vectors() {
-    let s = setup().await;
+    let s = Cloud::start().await;
     let mut written = records(40, 512, "py");
     written.extend(records(10, 1280, "py-large"));
-    TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
+    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
         .write(written.clone())
         .await
         .unwrap();
 
-    let stdout = run_ok(
+    let stdout = self::stdout(
         python()
             .args(["-c", SAMPLE_READER, &s.table])
             .envs(s.emulator.env()),
@@ -95,7 +85,7 @@ async fn the_original_samples_python_reader_gets_bit_identical_vectors() {
     for record in &written {
         assert_eq!(
             read[&record.image_id],
-            hex(&encode_f32_le(&record.vector)),
+            hex::encode(encode_f32_le(&record.vector)),
             "{}",
             record.image_id
         );
@@ -104,10 +94,10 @@ async fn the_original_samples_python_reader_gets_bit_identical_vectors() {
 
 #[tokio::test]
 async fn export_writes_a_matrix_numpy_loads_and_ids_in_row_order() {
-    let s = setup().await;
+    let s = Cloud::start().await;
     let mut written = records(300, 512, "export");
     written.push(record("odd\nname \u{1F600}.jpg", 512, 999));
-    TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
+    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
         .write(written.clone())
         .await
         .unwrap();
@@ -144,7 +134,7 @@ print(json.dumps({"shape": list(vectors.shape), "dtype": str(vectors.dtype),
                   "c_order": bool(vectors.flags["C_CONTIGUOUS"]),
                   "rows": {i: vectors[n].tobytes().hex() for n, i in enumerate(ids)}}))
 "#;
-    let loaded: Value = serde_json::from_str(&run_ok(python().args([
+    let loaded: Value = serde_json::from_str(&stdout(python().args([
         "-c",
         script,
         out.to_str().unwrap(),
@@ -158,7 +148,7 @@ print(json.dumps({"shape": list(vectors.shape), "dtype": str(vectors.dtype),
     for record in &written {
         assert_eq!(
             rows[&record.image_id],
-            hex(&encode_f32_le(&record.vector)),
+            hex::encode(encode_f32_le(&record.vector)),
             "{:?}",
             record.image_id
         );
@@ -167,10 +157,10 @@ print(json.dumps({"shape": list(vectors.shape), "dtype": str(vectors.dtype),
 
 #[tokio::test]
 async fn an_empty_table_exports_an_empty_matrix() {
-    let s = setup().await;
+    let s = Cloud::start().await;
     let dir = tempfile::tempdir().unwrap();
-    run_ok(cli(&s).args(["export", "--out", dir.path().to_str().unwrap()]));
-    let shape = run_ok(python().args([
+    stdout(cli(&s).args(["export", "--out", dir.path().to_str().unwrap()]));
+    let shape = stdout(python().args([
         "-c",
         "import sys, numpy as np; print(np.load(sys.argv[1] + '/vectors.npy').shape)",
         dir.path().to_str().unwrap(),
@@ -181,9 +171,9 @@ async fn an_empty_table_exports_an_empty_matrix() {
 
 #[tokio::test]
 async fn get_prints_json_lines_and_fails_for_missing_ids() {
-    let s = setup().await;
+    let s = Cloud::start().await;
     let written: Vec<VectorRecord> = records(3, 512, "cli");
-    TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
+    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
         .write(written.clone())
         .await
         .unwrap();
@@ -223,7 +213,7 @@ async fn get_prints_json_lines_and_fails_for_missing_ids() {
         }
     }
 
-    let summary = run_ok(cli(&s).args(["get", "cli/00001.jpg"]));
+    let summary = stdout(cli(&s).args(["get", "cli/00001.jpg"]));
     assert!(
         summary.starts_with("cli/00001.jpg\t512\ts3://images/cli/00001.jpg\t["),
         "{summary}"
