@@ -7,6 +7,11 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+/// The SDK's own variable for an endpoint override, read by every binary's `--endpoint-url`.
+pub const ENDPOINT_URL_ENV: &str = "AWS_ENDPOINT_URL";
+/// The SDK's own region variable.
+pub const REGION_ENV: &str = "AWS_REGION";
+
 /// How to reach AWS.
 #[derive(Clone, Debug, Default)]
 pub struct AwsOptions {

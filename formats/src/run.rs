@@ -36,6 +36,19 @@ pub mod env {
     pub const JOB_MEMORY_MIB: &str = "EMBATCH_JOB_MEMORY_MIB";
 }
 
+/// Environment variables `embatch submit` and `embatch status` read their settings from (the
+/// stack's outputs, exported as in deploy/README.md); the table is [`env::TABLE`].
+pub mod submit_env {
+    /// The bucket of the images, and of the run's files unless `--runs-uri` says otherwise.
+    pub const BUCKET: &str = "EMBATCH_BUCKET";
+    /// The Batch job queue.
+    pub const JOB_QUEUE: &str = "EMBATCH_JOB_QUEUE";
+    /// The Batch job definition.
+    pub const JOB_DEFINITION: &str = "EMBATCH_JOB_DEFINITION";
+    /// The S3 prefixes the job role may read, comma-separated (the pre-flight check).
+    pub const READABLE_PREFIXES: &str = "EMBATCH_READABLE_PREFIXES";
+}
+
 /// Worker exit codes, matched by the job definition's retry strategy.
 pub mod exit {
     /// Every manifest line ended written, skipped or failed (failures are in the report).

@@ -190,8 +190,8 @@ pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
 /// The environment that points a child process at an emulator at `endpoint`.
 pub fn env_for(endpoint: &str) -> Vec<(String, String)> {
     [
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_REGION", REGION),
+        (embatch_aws::client::ENDPOINT_URL_ENV, endpoint),
+        (embatch_aws::client::REGION_ENV, REGION),
         ("AWS_DEFAULT_REGION", REGION),
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),

@@ -61,25 +61,29 @@ impl Cloud {
 
     /// Uploads `bytes` to this cloud's bucket; returns the ETag without quotes.
     pub async fn put(&self, key: &str, bytes: &[u8]) -> String {
-        let out = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(bytes.to_vec().into())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("upload of {key:?}: {e:?}"));
-        out.e_tag()
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_string()
+        put_bytes(&self.s3, &S3Uri::new(&self.bucket, key), bytes).await
     }
 
     /// The object's bytes, or `None` if there is no such key; panics on any other error.
     pub async fn get(&self, uri: &S3Uri) -> Option<Vec<u8>> {
         get_bytes(&self.s3, uri).await
     }
+}
+
+/// Uploads `bytes` to `uri`; returns the ETag without quotes. Panics on an error.
+pub async fn put_bytes(s3: &aws_sdk_s3::Client, uri: &S3Uri, bytes: &[u8]) -> String {
+    let out = s3
+        .put_object()
+        .bucket(&uri.bucket)
+        .key(&uri.key)
+        .body(bytes.to_vec().into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("upload to {uri}: {e:?}"));
+    out.e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
 }
 
 /// The object's bytes, or `None` if there is no such key; panics on any other error.

@@ -14,9 +14,10 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use embatch_aws::client::AwsOptions;
+use embatch_aws::client::{self, AwsOptions};
 use embatch_aws::sdk_log::NoCredentials;
 use embatch_formats::image_id::ImageIdMode;
+use embatch_formats::run::{env, submit_env};
 use embatch_formats::s3uri::S3Uri;
 use embatch_submitter::event::PathsEvent;
 use embatch_submitter::listing::{ExtensionFilter, DEFAULT_EXTENSIONS};
@@ -33,7 +34,7 @@ use embatch_submitter::{
 )]
 struct Cli {
     /// Send AWS requests here (e.g. a local emulator); default: AWS_ENDPOINT_URL or AWS.
-    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    #[arg(long, global = true, env = client::ENDPOINT_URL_ENV)]
     endpoint_url: Option<String>,
     /// AWS region; default: the SDK's provider chain (AWS_REGION, profile).
     #[arg(long, global = true)]
@@ -59,19 +60,19 @@ struct SubmitArgs {
     #[arg(long, value_name = "FILE")]
     event: Option<PathBuf>,
     /// The bucket plain paths refer to; runs are kept in s3://BUCKET/embatch-runs/.
-    #[arg(long, env = "EMBATCH_BUCKET")]
+    #[arg(long, env = submit_env::BUCKET)]
     bucket: Option<String>,
     /// Where runs are kept instead of s3://BUCKET/embatch-runs/.
     #[arg(long, value_name = "S3_URI")]
     runs_uri: Option<S3Uri>,
     /// AWS Batch job queue (name or ARN).
-    #[arg(long, env = "EMBATCH_JOB_QUEUE")]
+    #[arg(long, env = submit_env::JOB_QUEUE)]
     job_queue: String,
     /// AWS Batch job definition (name, name:revision or ARN).
-    #[arg(long, env = "EMBATCH_JOB_DEFINITION")]
+    #[arg(long, env = submit_env::JOB_DEFINITION)]
     job_definition: String,
     /// DynamoDB table the workers write vectors to.
-    #[arg(long, env = "EMBATCH_TABLE")]
+    #[arg(long, env = env::TABLE)]
     table: String,
     /// Model spec path inside the worker container.
     #[arg(long, default_value = DEFAULT_MODEL_SPEC)]
@@ -97,7 +98,7 @@ struct SubmitArgs {
     /// before anything is written.
     #[arg(
         long,
-        env = "EMBATCH_READABLE_PREFIXES",
+        env = submit_env::READABLE_PREFIXES,
         value_delimiter = ',',
         value_name = "S3_URIS"
     )]
@@ -112,7 +113,7 @@ struct StatusArgs {
     /// The run id (with --bucket or --runs-uri) or the run's s3:// folder.
     run: String,
     /// The bucket the run is kept in (under embatch-runs/).
-    #[arg(long, env = "EMBATCH_BUCKET")]
+    #[arg(long, env = submit_env::BUCKET)]
     bucket: Option<String>,
     /// Where runs are kept instead of s3://BUCKET/embatch-runs/.
     #[arg(long, value_name = "S3_URI")]
@@ -157,7 +158,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = embatch_aws::client::load(&AwsOptions {
+    let config = client::load(&AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
         attempt_timeout: None,

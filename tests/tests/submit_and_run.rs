@@ -12,19 +12,15 @@ use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::{create_resources, Player};
 use embatch_localaws::emulator::unique_name;
+use embatch_localaws::fixture::get_bytes;
 use embatch_localaws::{bins, sample, test_model, Emulator};
 use embatch_records::reader::TableReader;
 use embatch_records::table::create_table;
 
 async fn get(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Vec<u8> {
-    let out = s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
+    get_bytes(s3, uri)
         .await
-        .unwrap_or_else(|e| panic!("get {uri}: {e:?}"));
-    out.body.collect().await.unwrap().to_vec()
+        .unwrap_or_else(|| panic!("{uri} exists"))
 }
 
 async fn embatch(emulator: &Emulator, args: &[String]) -> (i32, String, String) {

@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, env = env::TABLE, global = true)]
     table: Option<String>,
     /// Send requests here instead of AWS (e.g. a local emulator).
-    #[arg(long, env = "AWS_ENDPOINT_URL", global = true)]
+    #[arg(long, env = embatch_aws::client::ENDPOINT_URL_ENV, global = true)]
     endpoint_url: Option<String>,
     /// AWS region (default: the SDK's provider chain, e.g. AWS_REGION).
     #[arg(long, global = true)]

@@ -56,11 +56,11 @@ pub struct Config {
     pub model_spec: PathBuf,
 
     /// Send AWS requests here instead of AWS (a local emulator).
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    #[arg(long, env = embatch_aws::client::ENDPOINT_URL_ENV, value_name = "URL")]
     pub endpoint_url: Option<String>,
 
     /// AWS region (default: the SDK's provider chain).
-    #[arg(long, env = "AWS_REGION")]
+    #[arg(long, env = embatch_aws::client::REGION_ENV)]
     pub region: Option<String>,
 
     /// Recompute every image, even those already stored with the same ETag and model.

@@ -20,9 +20,10 @@ use embatch_engine::ImageError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::accounting::{StageTimes, Tally};
+use crate::accounting::StageTimes;
 use crate::manifest::WorkItem;
-use crate::shutdown::{Stop, StopReason};
+use crate::pipeline::StageContext;
+use crate::shutdown::StopReason;
 use crate::Fatal;
 
 /// The failure kind of an image the role may not read.
@@ -349,9 +350,9 @@ pub async fn run(
     concurrency: usize,
     mut input: mpsc::Receiver<WorkItem>,
     output: mpsc::Sender<Downloaded>,
-    tally: Arc<Tally>,
-    stop: Stop,
+    cx: StageContext,
 ) {
+    let StageContext { tally, stop } = cx;
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     loop {

@@ -13,6 +13,7 @@ use embatch_records::vector::{VectorMetadata, VectorRecord};
 use tokio::sync::mpsc;
 
 use crate::accounting::{StageTimes, Tally};
+use crate::pipeline::StageContext;
 use crate::prepare::{ImageOrigin, PreparedImage};
 use crate::shutdown::{Stop, StopReason};
 use crate::Fatal;
@@ -79,9 +80,9 @@ pub fn spawn(
     batch: usize,
     input: crossbeam_channel::Receiver<PreparedImage>,
     output: mpsc::Sender<VectorRecord>,
-    tally: Arc<Tally>,
-    stop: Stop,
+    cx: StageContext,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let StageContext { tally, stop } = cx;
     (0..threads.max(1))
         .map(|i| {
             let (embedder, input, output, tally, stop) = (

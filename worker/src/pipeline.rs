@@ -36,6 +36,16 @@ use crate::{Ending, Fatal};
 /// How often progress is logged (the progress bar, on a terminal, updates continuously).
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
+/// What every stage carries: the tally its outcomes are counted in, and the stop signal it
+/// watches (and raises on a fatal error).
+#[derive(Clone)]
+pub struct StageContext {
+    /// Every line's outcome and each stage's busy time.
+    pub tally: Arc<Tally>,
+    /// SIGTERM or a fatal error elsewhere.
+    pub stop: Stop,
+}
+
 /// Runs the child to its end: every line accounted and the report written, or stopped.
 pub async fn run(config: &Config, plan: &PoolPlan, progress: ProgressBar, stop: Stop) -> Ending {
     let started = Instant::now();
@@ -52,185 +62,257 @@ async fn run_inner(
     stop: &Stop,
     started: Instant,
 ) -> Result<Ending, Fatal> {
-    let n = config.manifest_number();
-    let layout = config.layout();
-    let manifest_uri = layout.manifest(n);
+    log_start(config);
+    let clients = Clients::connect(config).await;
+    let Some((manifest, engine)) = load(config, &clients, stop).await? else {
+        return Ok(interrupted(stop, Counts::default()));
+    };
+    log_loaded(config, plan, &manifest, &engine);
+    let tally = Arc::new(
+        Tally::new(manifest.images(), progress)
+            .map_err(|e| Fatal::Transient(e.context("setting up the failure report")))?,
+    );
+    let cx = StageContext {
+        tally: tally.clone(),
+        stop: stop.clone(),
+    };
+    let ticker = tokio::spawn(log_progress(tally.clone(), started));
+    let stages = run_stages(config, plan, &clients, manifest, engine, cx).await;
+    ticker.abort();
+    tally.progress().finish_and_clear();
+    stages?;
+    finish(config, &clients.s3, &tally, stop, started).await
+}
+
+/// The AWS clients of one child, and the retry policy of its S3 reads.
+struct Clients {
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    /// Waits of up to 0.1, 0.2, 0.4, ... 5 s between attempts: rides out a SlowDown burst.
+    s3_policy: RetryPolicy,
+}
+
+impl Clients {
+    async fn connect(config: &Config) -> Clients {
+        let sdk = client::load(&AwsOptions {
+            endpoint_url: config.endpoint_url.clone(),
+            region: config.region.clone(),
+            attempt_timeout: Some(config.attempt_timeout()),
+            initial_backoff: None,
+        })
+        .await;
+        Clients {
+            s3: client::s3(&sdk),
+            dynamodb: client::dynamodb(&sdk),
+            s3_policy: RetryPolicy {
+                max_attempts: config.fetch_attempts,
+                base: Duration::from_millis(100),
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+fn log_start(config: &Config) {
     tracing::info!(
-        manifest = %manifest_uri,
+        manifest = %config.layout().manifest(config.manifest_number()),
         table = %config.table,
         run_id = %config.run_id,
         job_id = config.job_id.as_deref().unwrap_or(""),
         model_spec = %config.model_spec.display(),
         "starting"
     );
+}
 
+/// The manifest and the model; loading the model (sha256, optimisation) overlaps the
+/// manifest's download. `None` if the child is stopped first.
+async fn load(
+    config: &Config,
+    clients: &Clients,
+    stop: &Stop,
+) -> Result<Option<(Arc<Manifest>, Arc<Engine>)>, Fatal> {
     let spec = ModelSpec::from_path(&config.model_spec)
         .with_context(|| format!("reading model spec {}", config.model_spec.display()))
         .map_err(Fatal::Permanent)?;
-    let sdk = client::load(&AwsOptions {
-        endpoint_url: config.endpoint_url.clone(),
-        region: config.region.clone(),
-        attempt_timeout: Some(config.attempt_timeout()),
-        initial_backoff: None,
-    })
-    .await;
-    let (s3, dynamodb) = (client::s3(&sdk), client::dynamodb(&sdk));
-    // Waits of up to 0.1, 0.2, 0.4, ... 5 s between attempts: rides out a SlowDown burst.
-    let policy = RetryPolicy {
-        max_attempts: config.fetch_attempts,
-        base: Duration::from_millis(100),
-        ..RetryPolicy::default()
-    };
-
-    // Loading the model (sha256, optimisation) overlaps the manifest download.
     let options = EngineOptions {
         batch: config
             .batch_size
             .map_or(EngineOptions::default().batch, |b| b as usize),
     };
     let load = tokio::task::spawn_blocking(move || Engine::load_with(&spec, options));
-    let role = config.role();
+    let (uri, role) = (
+        config.layout().manifest(config.manifest_number()),
+        config.role(),
+    );
     let manifest = tokio::select! {
-        _ = stop.stopped() => return Ok(interrupted(stop, Counts::default())),
-        manifest = Manifest::download(&s3, &manifest_uri, &policy, &role) => Arc::new(manifest?),
+        _ = stop.stopped() => return Ok(None),
+        manifest = Manifest::download(&clients.s3, &uri, &clients.s3_policy, &role) => manifest?,
     };
     let engine = tokio::select! {
-        _ = stop.stopped() => return Ok(interrupted(stop, Counts::default())),
+        _ = stop.stopped() => return Ok(None),
         engine = load => engine
             .map_err(|e| Fatal::Transient(anyhow!("loading the model panicked: {e}")))?
             .map_err(|e| Fatal::Permanent(e.into()))?,
     };
-    let engine = Arc::new(engine);
-    let batch = engine.preferred_batch();
-    let (decode_threads, infer_threads) = (plan.decode_threads, plan.infer_threads);
+    Ok(Some((Arc::new(manifest), Arc::new(engine))))
+}
+
+fn log_loaded(config: &Config, plan: &PoolPlan, manifest: &Manifest, engine: &Engine) {
     tracing::info!(
         images = manifest.images(),
         model = %engine.spec().name,
         dimension = engine.dimension(),
-        batch,
-        decode_threads,
-        infer_threads,
+        batch = engine.preferred_batch(),
+        decode_threads = plan.decode_threads,
+        infer_threads = plan.infer_threads,
         fetch_concurrency = config.fetch_concurrency,
         force = config.force,
         "manifest and model loaded"
     );
+}
 
-    let tally = Arc::new(
-        Tally::new(manifest.images(), progress)
-            .map_err(|e| Fatal::Transient(e.context("setting up the failure report")))?,
-    );
-    let provenance = RunProvenance {
+/// Starts the five stages joined by bounded channels and waits for all of them. The stages
+/// end in order: each one's end closes the next one's input.
+async fn run_stages(
+    config: &Config,
+    plan: &PoolPlan,
+    clients: &Clients,
+    manifest: Arc<Manifest>,
+    engine: Arc<Engine>,
+    cx: StageContext,
+) -> Result<(), Fatal> {
+    let batch = engine.preferred_batch();
+    let (decode_threads, infer_threads) = (plan.decode_threads, plan.infer_threads);
+    let fetch_concurrency = config.fetch_concurrency as usize;
+    let write_concurrency = config.write_concurrency as usize;
+    let (work_tx, work_rx) = mpsc::channel(fetch_concurrency.max(MAX_BATCH_WRITE_ITEMS));
+    let (fetched_tx, fetched_rx) = mpsc::channel(decode_threads * 2);
+    let (prepared_tx, prepared_rx) = crossbeam_channel::bounded(infer_threads * batch * 2);
+    let (vector_tx, vector_rx) = mpsc::channel(MAX_BATCH_WRITE_ITEMS * (write_concurrency + 1));
+
+    let embedder = Arc::new(Embedder {
+        provenance: provenance(config, &engine),
+        engine: engine.clone(),
+    });
+    let resume = tokio::spawn(crate::resume::run(
+        manifest.clone(),
+        resume_check(config, clients, &embedder.provenance),
+        work_tx,
+        cx.clone(),
+    ));
+    let fetch = tokio::spawn(crate::fetch::run(
+        fetcher(config, clients, &manifest),
+        fetch_concurrency,
+        work_rx,
+        fetched_tx,
+        cx.clone(),
+    ));
+    let prepare = tokio::spawn(crate::prepare::run(
+        engine,
+        config.limits(plan),
+        decode_pool(decode_threads)?,
+        fetched_rx,
+        prepared_tx,
+        cx.clone(),
+    ));
+    let inference = crate::infer::spawn(
+        embedder,
+        infer_threads,
+        batch,
+        prepared_rx,
+        vector_tx,
+        cx.clone(),
+    )
+    .map_err(|e| Fatal::Transient(anyhow!("starting the inference threads: {e}")))?;
+    let write = tokio::spawn(crate::write::run(
+        writer(config, clients),
+        write_concurrency,
+        vector_rx,
+        cx,
+    ));
+
+    let panicked = |stage: &str| Fatal::Transient(anyhow!("the {stage} stage panicked"));
+    resume.await.map_err(|_| panicked("resume"))?;
+    fetch.await.map_err(|_| panicked("fetch"))?;
+    prepare.await.map_err(|_| panicked("prepare"))?;
+    tokio::task::spawn_blocking(move || inference.into_iter().all(|t| t.join().is_ok()))
+        .await
+        .ok()
+        .filter(|all_ok| *all_ok)
+        .ok_or_else(|| panicked("inference"))?;
+    write.await.map_err(|_| panicked("write"))
+}
+
+fn provenance(config: &Config, engine: &Engine) -> RunProvenance {
+    RunProvenance {
         model: engine.spec().name.clone(),
         model_sha256: engine.spec().sha256.clone(),
         run_id: config.run_id.clone(),
         job_id: config.job_id.clone(),
-        manifest: n as u64,
-    };
-    let current = (!config.force).then(|| ResumeCheck {
-        reader: TableReader::new(dynamodb.clone(), config.table.clone()),
+        manifest: config.manifest_number() as u64,
+    }
+}
+
+/// What resume asks the table; none with `--force` (every line is computed again).
+fn resume_check(
+    config: &Config,
+    clients: &Clients,
+    provenance: &RunProvenance,
+) -> Option<ResumeCheck> {
+    (!config.force).then(|| ResumeCheck {
+        reader: TableReader::new(clients.dynamodb.clone(), config.table.clone()),
         model_sha256: provenance.model_sha256.clone(),
-    });
-    let fetcher = Fetcher::new(
-        s3.clone(),
+    })
+}
+
+fn fetcher(config: &Config, clients: &Clients, manifest: &Manifest) -> Fetcher {
+    Fetcher::new(
+        clients.s3.clone(),
         DeniedRun::new(manifest.images(), config.role()),
         config.max_encoded_bytes,
         config.buffer_mib.saturating_mul(1024 * 1024),
         config.attempt_timeout(),
-        policy,
-    );
-    let writer = TableWriter::new(
-        dynamodb,
+        clients.s3_policy,
+    )
+}
+
+fn writer(config: &Config, clients: &Clients) -> TableWriter {
+    TableWriter::new(
+        clients.dynamodb.clone(),
         config.table.clone(),
         WriterConfig {
             max_in_flight: config.write_concurrency as usize,
             ..WriterConfig::default()
         },
-    );
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(decode_threads)
-            .thread_name(|i| format!("decode-{i}"))
-            .build()
-            .map_err(|e| Fatal::Transient(anyhow!("starting the decode threads: {e}")))?,
-    );
-
-    let fetch_concurrency = config.fetch_concurrency as usize;
-    let (work_tx, work_rx) = mpsc::channel(fetch_concurrency.max(MAX_BATCH_WRITE_ITEMS));
-    let (fetched_tx, fetched_rx) = mpsc::channel(decode_threads * 2);
-    let (prepared_tx, prepared_rx) = crossbeam_channel::bounded(infer_threads * batch * 2);
-    let (vector_tx, vector_rx) =
-        mpsc::channel(MAX_BATCH_WRITE_ITEMS * (config.write_concurrency as usize + 1));
-
-    // Not spawned: the table reader's future is not `Send` (a higher-ranked lifetime in its
-    // stream of chunks); it runs on this task, joined with the wait for the other stages.
-    let source = crate::resume::run(
-        manifest.clone(),
-        current,
-        work_tx,
-        tally.clone(),
-        stop.clone(),
-    );
-    let fetch = tokio::spawn(crate::fetch::run(
-        fetcher,
-        fetch_concurrency,
-        work_rx,
-        fetched_tx,
-        tally.clone(),
-        stop.clone(),
-    ));
-    let prepare = tokio::spawn(crate::prepare::run(
-        engine.clone(),
-        config.limits(plan),
-        pool,
-        fetched_rx,
-        prepared_tx,
-        tally.clone(),
-        stop.clone(),
-    ));
-    let inference = crate::infer::spawn(
-        Arc::new(Embedder { engine, provenance }),
-        infer_threads,
-        batch,
-        prepared_rx,
-        vector_tx,
-        tally.clone(),
-        stop.clone(),
     )
-    .map_err(|e| Fatal::Transient(anyhow!("starting the inference threads: {e}")))?;
-    let write = tokio::spawn(crate::write::run(
-        writer,
-        config.write_concurrency as usize,
-        vector_rx,
-        tally.clone(),
-        stop.clone(),
-    ));
-    let ticker = tokio::spawn(log_progress(tally.clone(), started));
+}
 
-    // The stages end in order: each one's end closes the next one's input.
-    let panicked = |stage: &str| Fatal::Transient(anyhow!("the {stage} stage panicked"));
-    let downstream = async {
-        fetch.await.map_err(|_| panicked("fetch"))?;
-        prepare.await.map_err(|_| panicked("prepare"))?;
-        tokio::task::spawn_blocking(move || inference.into_iter().all(|t| t.join().is_ok()))
-            .await
-            .ok()
-            .filter(|all_ok| *all_ok)
-            .ok_or_else(|| panicked("inference"))?;
-        write.await.map_err(|_| panicked("write"))
-    };
-    let ((), downstream) = tokio::join!(source, downstream);
-    downstream?;
-    ticker.abort();
-    tally.progress().finish_and_clear();
+fn decode_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, Fatal> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("decode-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Fatal::Transient(anyhow!("starting the decode threads: {e}")))
+}
 
+/// After the stages: a stop or a fatal error ends the child here; otherwise every line must
+/// be accounted, and the failure report and the summary are uploaded.
+async fn finish(
+    config: &Config,
+    s3: &aws_sdk_s3::Client,
+    tally: &Tally,
+    stop: &Stop,
+    started: Instant,
+) -> Result<Ending, Fatal> {
     let counts = tally.counts();
     match stop.take_reason() {
         Some(StopReason::Failed(fatal)) => {
-            log_summary(&tally, started, "failed");
+            log_summary(tally, started, "failed");
             return Err(fatal);
         }
         Some(StopReason::Signal(signal)) if !counts.complete() => {
-            log_summary(&tally, started, "interrupted");
+            log_summary(tally, started, "interrupted");
             return Ok(Ending::Interrupted { signal, counts });
         }
         _ => {}
@@ -242,7 +324,7 @@ async fn run_inner(
             counts.images
         )));
     }
-
+    let (n, layout) = (config.manifest_number(), config.layout());
     let summary = ChildSummary {
         manifest: n,
         images: counts.images,
@@ -253,13 +335,13 @@ async fn run_inner(
         job_id: config.job_id.clone(),
     };
     tally
-        .upload_report(&s3, &layout.failures(n))
+        .upload_report(s3, &layout.failures(n))
         .await
         .map_err(Fatal::Transient)?;
-    accounting::upload_summary(&s3, &layout.summary(n), &summary)
+    accounting::upload_summary(s3, &layout.summary(n), &summary)
         .await
         .map_err(Fatal::Transient)?;
-    log_summary(&tally, started, "done");
+    log_summary(tally, started, "done");
     Ok(Ending::Done(counts))
 }
 

@@ -8,10 +8,10 @@ use std::time::Instant;
 use embatch_engine::{Engine, Limits, Prepared};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::accounting::{StageTimes, Tally};
+use crate::accounting::StageTimes;
 use crate::fetch::Downloaded;
 use crate::manifest::WorkItem;
-use crate::shutdown::Stop;
+use crate::pipeline::StageContext;
 
 /// An image ready for inference.
 #[derive(Debug)]
@@ -45,9 +45,9 @@ pub async fn run(
     pool: Arc<rayon::ThreadPool>,
     mut input: mpsc::Receiver<Downloaded>,
     output: crossbeam_channel::Sender<PreparedImage>,
-    tally: Arc<Tally>,
-    stop: Stop,
+    cx: StageContext,
 ) {
+    let StageContext { tally, stop } = cx;
     let threads = pool.current_num_threads();
     let slots = Arc::new(Semaphore::new(threads));
     loop {

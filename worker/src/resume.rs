@@ -12,9 +12,10 @@ use anyhow::anyhow;
 use embatch_records::reader::{Provenance, TableReader, MAX_BATCH_GET_KEYS};
 use tokio::sync::mpsc;
 
-use crate::accounting::{Outcome, StageTimes, Tally};
+use crate::accounting::{Outcome, StageTimes};
 use crate::manifest::{Manifest, WorkItem};
-use crate::shutdown::{Stop, StopReason};
+use crate::pipeline::StageContext;
+use crate::shutdown::StopReason;
 use crate::Fatal;
 
 /// What an already-stored vector must match to be kept.
@@ -40,9 +41,9 @@ pub async fn run(
     manifest: Arc<Manifest>,
     current: Option<ResumeCheck>,
     output: mpsc::Sender<WorkItem>,
-    tally: Arc<Tally>,
-    stop: Stop,
+    cx: StageContext,
 ) {
+    let StageContext { tally, stop } = cx;
     let mut lines = manifest.lines();
     loop {
         let mut chunk: Vec<WorkItem> = lines

@@ -2,7 +2,6 @@
 //! in flight. A vector counts as written only once DynamoDB has stored it. This stage never
 //! stops early: it drains its input, so whatever was computed before a stop is flushed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embatch_records::vector::VectorRecord;
@@ -10,8 +9,9 @@ use embatch_records::writer::{TableWriter, MAX_BATCH_WRITE_ITEMS};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::accounting::{Outcome, StageTimes, Tally};
-use crate::shutdown::{Stop, StopReason};
+use crate::accounting::{Outcome, StageTimes};
+use crate::pipeline::StageContext;
+use crate::shutdown::StopReason;
 use crate::Fatal;
 
 /// How long a partial batch waits for more vectors before it is written anyway.
@@ -23,9 +23,9 @@ pub async fn run(
     writer: TableWriter,
     concurrency: usize,
     mut input: mpsc::Receiver<VectorRecord>,
-    tally: Arc<Tally>,
-    stop: Stop,
+    cx: StageContext,
 ) {
+    let StageContext { tally, stop } = cx;
     let mut tasks = JoinSet::new();
     let mut closed = false;
     while !closed {

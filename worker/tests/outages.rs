@@ -36,16 +36,7 @@ fn assert_gave_up(status: ExitStatus, stderr: &str, cause: &str) {
 
 /// Asserts no image was recorded as failed: the failure report is absent or empty.
 async fn assert_no_failures_recorded(fx: &Fixture) {
-    let uri = fx.layout.failures(0);
-    let out = fx
-        .s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await;
-    if let Ok(out) = out {
-        let text = out.body.collect().await.unwrap().to_vec();
+    if let Some(text) = fx.get(&fx.layout.failures(0)).await {
         assert!(
             text.is_empty(),
             "valid images recorded as failed: {}",

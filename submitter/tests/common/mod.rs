@@ -4,21 +4,17 @@
 
 use std::process::Stdio;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 
+use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::{create_resources, BatchResources};
-use embatch_localaws::emulator::{unique_name, Emulator};
+use embatch_localaws::fixture::{get_bytes, put_bytes, Cloud};
 
 pub struct Fixture {
-    pub emulator: Emulator,
-    pub s3: aws_sdk_s3::Client,
+    /// The emulator, bucket and table (reached through `Deref`).
+    pub cloud: Cloud,
     pub batch: aws_sdk_batch::Client,
-    pub bucket: String,
-    pub table: String,
     pub resources: BatchResources,
 }
 
@@ -40,46 +36,23 @@ impl Output {
     }
 }
 
+impl std::ops::Deref for Fixture {
+    type Target = Cloud;
+    fn deref(&self) -> &Cloud {
+        &self.cloud
+    }
+}
+
 impl Fixture {
     pub async fn new() -> Self {
-        let emulator = Emulator::start().expect("the emulator starts");
-        let config = emulator.sdk_config().await;
-        let s3 = embatch_aws::client::s3(&config);
-        let batch = aws_sdk_batch::Client::new(&config);
-        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-        let bucket = unique_name("images");
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
-        let table = unique_name("vectors");
-        dynamodb
-            .create_table()
-            .table_name(&table)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("ImageId")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("ImageId")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .unwrap();
-        let resources = create_resources(&emulator, &config, "submit")
+        let cloud = Cloud::start().await;
+        let batch = aws_sdk_batch::Client::new(&cloud.config);
+        let resources = create_resources(&cloud.emulator, &cloud.config, "submit")
             .await
             .unwrap();
         Self {
-            emulator,
-            s3,
+            cloud,
             batch,
-            bucket,
-            table,
             resources,
         }
     }
@@ -199,25 +172,13 @@ impl Fixture {
     }
 
     pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
+        let uri = S3Uri::new(bucket, key);
+        get_bytes(&self.s3, &uri)
             .await
-            .unwrap();
-        out.body.collect().await.unwrap().to_vec()
+            .unwrap_or_else(|| panic!("{uri} exists"))
     }
 
     pub async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
-        self.s3
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body.into())
-            .send()
-            .await
-            .unwrap();
+        put_bytes(&self.s3, &S3Uri::new(bucket, key), &body).await;
     }
 }

@@ -16,50 +16,47 @@ use embatch_formats::report::{ChildSummary, FailureLine};
 use embatch_formats::run::{env, RunLayout};
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::unique_name;
+use embatch_localaws::fixture::{put_bytes, Cloud};
 use embatch_localaws::{test_model, Emulator};
 use embatch_records::reader::TableReader;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 
 pub const WORKER: &str = env!("CARGO_BIN_EXE_embatch-worker");
 
-/// One emulator with a bucket, a table and a run folder.
+/// One emulator with a bucket and a table (`Cloud`, reached through `Deref`) and a run folder.
 pub struct Fixture {
-    pub emulator: Emulator,
-    pub s3: aws_sdk_s3::Client,
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub bucket: String,
-    pub table: String,
+    pub cloud: Cloud,
     pub run_id: String,
     pub layout: RunLayout,
     pub spec: PathBuf,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Cloud;
+    fn deref(&self) -> &Cloud {
+        &self.cloud
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Cloud {
+        &mut self.cloud
+    }
 }
 
 impl Fixture {
     pub async fn new() -> Fixture {
         // On this thread: the emulator dies with the thread that started it, and tokio's
         // blocking threads come and go.
-        let emulator = Emulator::start().expect("the emulator starts");
-        let config = emulator.sdk_config().await;
-        let s3 = embatch_aws::client::s3(&config);
-        let dynamodb = embatch_aws::client::dynamodb(&config);
-        let bucket = unique_name("images");
-        let table = unique_name("vectors");
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
-        embatch_records::table::create_table(&dynamodb, &table)
-            .await
-            .unwrap();
+        let cloud = Cloud::start().await;
         let run_id = "20260101T000000Z-abcdef".to_string();
-        let layout = RunLayout::new(&S3Uri::new(&bucket, "embatch-runs/"), &run_id);
+        let layout = RunLayout::new(&S3Uri::new(&cloud.bucket, "embatch-runs/"), &run_id);
         let spec = tokio::task::spawn_blocking(test_model::resnet18_spec)
             .await
             .unwrap()
             .expect("the test model is generated");
         Fixture {
-            emulator,
-            s3,
-            dynamodb,
-            bucket,
-            table,
+            cloud,
             run_id,
             layout,
             spec,
@@ -68,34 +65,17 @@ impl Fixture {
 
     /// Uploads an object; returns its manifest line (ETag as listed, without quotes).
     pub async fn put(&self, key: &str, bytes: &[u8]) -> ManifestLine {
-        let out = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(bytes.to_vec().into())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("upload of {key:?}: {e:?}"));
         ManifestLine {
             bucket: self.bucket.clone(),
             key: key.to_string(),
             size: bytes.len() as u64,
-            etag: out.e_tag().unwrap().trim_matches('"').to_string(),
+            etag: self.cloud.put(key, bytes).await,
             image_id: key.to_string(),
         }
     }
 
     pub async fn put_manifest(&self, n: usize, lines: &[ManifestLine]) {
-        let uri = self.layout.manifest(n);
-        self.s3
-            .put_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .body(to_jsonl(lines).into())
-            .send()
-            .await
-            .unwrap();
+        put_bytes(&self.s3, &self.layout.manifest(n), &to_jsonl(lines)).await;
     }
 
     /// The worker as AWS Batch starts array child `index` of a job with manifest offset 0,
@@ -122,15 +102,8 @@ impl Fixture {
     }
 
     pub async fn get_text(&self, uri: &S3Uri) -> String {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{uri} is readable: {e:?}"));
-        String::from_utf8(out.body.collect().await.unwrap().to_vec()).unwrap()
+        let bytes = self.get(uri).await;
+        String::from_utf8(bytes.unwrap_or_else(|| panic!("{uri} exists"))).unwrap()
     }
 
     pub async fn summary(&self, n: usize) -> ChildSummary {
