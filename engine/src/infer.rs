@@ -135,87 +135,20 @@ impl Engine {
     /// the embedding dimension against the spec with one run on a zero input.
     pub fn load_with(spec: &ModelSpec, options: EngineOptions) -> Result<Engine, EngineError> {
         let file = spec.file.clone();
-        let bytes = std::fs::read(&file).map_err(|source| EngineError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if actual != spec.sha256 {
-            return Err(EngineError::ShaMismatch {
-                file,
-                expected: spec.sha256.clone(),
-                actual,
-            });
-        }
         let model_err = |message: String| EngineError::Model {
             file: file.clone(),
             message,
         };
+        let bytes = read_verified(spec)?;
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut bytes.as_slice())
             .map_err(|e| model_err(format!("not a readable ONNX model: {e:#}")))?;
         drop(bytes);
-        let graph = proto
-            .graph
-            .as_ref()
-            .ok_or_else(|| model_err("the ONNX file has no graph".into()))?;
-        let (node_name, tensor_name) =
-            resolve_embedding(graph, &spec.embedding).ok_or_else(|| {
-                EngineError::EmbeddingNotFound {
-                    file: file.clone(),
-                    selector: spec.embedding.to_string(),
-                }
-            })?;
-        let initializers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let inputs: Vec<&str> = graph
-            .input
-            .iter()
-            .map(|i| i.name.as_str())
-            .filter(|n| !initializers.contains(n))
-            .collect();
-        if inputs != [spec.input.name.as_str()] {
-            return Err(model_err(format!(
-                "the spec names input `{}`, the graph's inputs are {:?}",
-                spec.input.name, inputs
-            )));
-        }
-        tracing::info!(
-            model = %spec.name,
-            file = %file.display(),
-            selector = %spec.embedding,
-            node = %node_name,
-            tensor = %tensor_name,
-            "resolved the embedding tensor"
-        );
-
+        let tensor_name = embedding_of(spec, &proto)?;
         let batch = options.batch.max(1);
+        let plan = optimise(&onnx, &proto, spec, batch, &tensor_name)?;
         let (w, h) = (spec.input.width as usize, spec.input.height as usize);
-        let shape = match spec.input.layout {
-            Layout::Nchw => [batch, 3, h, w],
-            Layout::Nhwc => [batch, h, w, 3],
-        };
-        let mut model = onnx
-            .model_for_proto_model(&proto)
-            .map_err(|e| model_err(format!("{e:#}")))?;
-        model
-            .set_input_fact(0, f32::fact(shape).into())
-            .map_err(|e| model_err(format!("{e:#}")))?;
-        let outlet = model.find_outlet_label(&tensor_name).ok_or_else(|| {
-            EngineError::EmbeddingNotFound {
-                file: file.clone(),
-                selector: spec.embedding.to_string(),
-            }
-        })?;
-        model
-            .select_output_outlets(&[outlet])
-            .map_err(|e| model_err(format!("{e:#}")))?;
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| model_err(format!("optimising the graph: {e:#}")))?;
-
         let mut engine = Engine {
             spec: spec.clone(),
             plan,
@@ -224,8 +157,7 @@ impl Engine {
             tensor_name,
         };
         let zeros = vec![0f32; batch * engine.per_image];
-        let out = engine.run(&zeros, batch)?;
-        let model_dim = out.len() / batch;
+        let model_dim = engine.run(&zeros, batch)?.len() / batch;
         if model_dim != spec.dimension {
             return Err(EngineError::DimensionMismatch {
                 file,
@@ -312,6 +244,106 @@ impl Engine {
         let out = view.as_slice::<f32>().map_err(infer_err)?;
         Ok(out.to_vec())
     }
+}
+
+/// The model file's bytes, refused unless their sha256 is the spec's.
+fn read_verified(spec: &ModelSpec) -> Result<Vec<u8>, EngineError> {
+    let file = &spec.file;
+    let bytes = std::fs::read(file).map_err(|source| EngineError::Io {
+        file: file.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != spec.sha256 {
+        return Err(EngineError::ShaMismatch {
+            file: file.clone(),
+            expected: spec.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// The embedding tensor's name (logged with its node), after checking that the graph's only
+/// input is the spec's.
+fn embedding_of(spec: &ModelSpec, proto: &pb::ModelProto) -> Result<String, EngineError> {
+    let file = &spec.file;
+    let model_err = |message: String| EngineError::Model {
+        file: file.clone(),
+        message,
+    };
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| model_err("the ONNX file has no graph".into()))?;
+    let (node_name, tensor_name) = resolve_embedding(graph, &spec.embedding).ok_or_else(|| {
+        EngineError::EmbeddingNotFound {
+            file: file.clone(),
+            selector: spec.embedding.to_string(),
+        }
+    })?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .filter(|n| !initializers.contains(n))
+        .collect();
+    if inputs != [spec.input.name.as_str()] {
+        return Err(model_err(format!(
+            "the spec names input `{}`, the graph's inputs are {:?}",
+            spec.input.name, inputs
+        )));
+    }
+    tracing::info!(
+        model = %spec.name,
+        file = %file.display(),
+        selector = %spec.embedding,
+        node = %node_name,
+        tensor = %tensor_name,
+        "resolved the embedding tensor"
+    );
+    Ok(tensor_name)
+}
+
+/// The graph up to `tensor_name`, typed for `batch` images of the spec's input and optimised.
+fn optimise(
+    onnx: &tract_onnx::Onnx,
+    proto: &pb::ModelProto,
+    spec: &ModelSpec,
+    batch: usize,
+    tensor_name: &str,
+) -> Result<Arc<TypedSimplePlan>, EngineError> {
+    let model_err = |message: String| EngineError::Model {
+        file: spec.file.clone(),
+        message,
+    };
+    let (w, h) = (spec.input.width as usize, spec.input.height as usize);
+    let shape = match spec.input.layout {
+        Layout::Nchw => [batch, 3, h, w],
+        Layout::Nhwc => [batch, h, w, 3],
+    };
+    let mut model = onnx
+        .model_for_proto_model(proto)
+        .map_err(|e| model_err(format!("{e:#}")))?;
+    model
+        .set_input_fact(0, f32::fact(shape).into())
+        .map_err(|e| model_err(format!("{e:#}")))?;
+    let outlet =
+        model
+            .find_outlet_label(tensor_name)
+            .ok_or_else(|| EngineError::EmbeddingNotFound {
+                file: spec.file.clone(),
+                selector: spec.embedding.to_string(),
+            })?;
+    model
+        .select_output_outlets(&[outlet])
+        .map_err(|e| model_err(format!("{e:#}")))?;
+    model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| model_err(format!("optimising the graph: {e:#}")))
 }
 
 /// Finds the embedding tensor in the ONNX graph: `(node name, tensor name)`. Nodes of an ONNX

@@ -16,6 +16,7 @@
 //! assert_eq!(vectors[0].len(), engine.dimension());
 //! # Ok(()) }
 //! ```
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod infer;
 

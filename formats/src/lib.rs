@@ -9,6 +9,7 @@
 //! No AWS client and no CLI: what reads or writes these files (the fuzz targets included)
 //! compiles this crate alone. The vector table's item lives with the table library
 //! (`embatch_records::vector`), because it is made of DynamoDB attribute values.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod image_id;
 pub mod manifest;

@@ -17,6 +17,24 @@ pub struct FailureLine {
     pub message: String,
 }
 
+/// A failure report's bytes (`<n>.failures.jsonl`): how many lines it holds, and the first
+/// `keep` of them parsed. Blank lines are not counted.
+pub fn read_failures(
+    bytes: &[u8],
+    keep: usize,
+) -> Result<(u64, Vec<FailureLine>), serde_json::Error> {
+    let mut lines = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty());
+    let parsed = lines
+        .by_ref()
+        .take(keep)
+        .map(serde_json::from_slice)
+        .collect::<Result<Vec<FailureLine>, _>>()?;
+    let count = parsed.len() as u64 + lines.count() as u64;
+    Ok((count, parsed))
+}
+
 /// The final counts of one array child (`<n>.summary.json`). `written + skipped + failed`
 /// equals `images` when the child finished.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,4 +53,33 @@ pub struct ChildSummary {
     pub seconds: f64,
     /// Job id (`AWS_BATCH_JOB_ID`), when known.
     pub job_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(key: &str) -> FailureLine {
+        FailureLine {
+            bucket: "b".into(),
+            key: key.into(),
+            image_id: key.into(),
+            kind: "corrupt".into(),
+            message: "bad".into(),
+        }
+    }
+
+    #[test]
+    fn a_failure_report_is_counted_whole_and_parsed_as_far_as_asked() {
+        let mut bytes = Vec::new();
+        for key in ["a", "b", "c"] {
+            serde_json::to_writer(&mut bytes, &line(key)).unwrap();
+            bytes.extend_from_slice(b"\n\n");
+        }
+        let (count, first) = read_failures(&bytes, 2).unwrap();
+        assert_eq!((count, first), (3, vec![line("a"), line("b")]));
+        assert_eq!(read_failures(&bytes, usize::MAX).unwrap().1.len(), 3);
+        assert_eq!(read_failures(b"", 5).unwrap(), (0, vec![]));
+        assert!(read_failures(b"{not json}\n", 5).is_err());
+    }
 }

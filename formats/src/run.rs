@@ -61,6 +61,85 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 143;
 }
 
+/// The job definition's retry strategy, defined once: the emulated Batch player's job
+/// definition is built from it, and a test (`tests/tests/retry_strategy.rs`) checks the
+/// CloudFormation and Terraform job definitions against it. The first matching rule decides.
+pub mod retry_strategy {
+    use super::exit;
+
+    /// Attempts per child by default (the stacks' `RetryAttempts` / `retry_attempts`).
+    pub const ATTEMPTS: i32 = 3;
+
+    /// What one rule matches (AWS Batch `EvaluateOnExit`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum On {
+        /// `OnStatusReason`, e.g. `Host EC2*` (the instance went away, a Spot reclaim).
+        StatusReason(&'static str),
+        /// `OnExitCode`: one code.
+        ExitCode(i32),
+        /// `OnExitCode: "*"`: any code.
+        AnyExitCode,
+        /// `OnReason: "*"`: no exit code at all (e.g. the image could not be pulled).
+        AnyReason,
+    }
+
+    /// One `EvaluateOnExit` rule.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Rule {
+        /// What it matches.
+        pub on: On,
+        /// `RETRY` if true, else `EXIT`.
+        pub retry: bool,
+    }
+
+    impl Rule {
+        /// The rule's field as AWS names it (`OnStatusReason`, `OnExitCode`, `OnReason`) and
+        /// its pattern.
+        pub fn pattern(&self) -> (&'static str, String) {
+            match self.on {
+                On::StatusReason(glob) => ("OnStatusReason", glob.to_string()),
+                On::ExitCode(code) => ("OnExitCode", code.to_string()),
+                On::AnyExitCode => ("OnExitCode", "*".to_string()),
+                On::AnyReason => ("OnReason", "*".to_string()),
+            }
+        }
+
+        /// `RETRY` or `EXIT`.
+        pub fn action(&self) -> &'static str {
+            if self.retry {
+                "RETRY"
+            } else {
+                "EXIT"
+            }
+        }
+    }
+
+    /// Retry a lost host and the worker's transient (75) and interrupted (143) exits; end on
+    /// anything else, with or without an exit code.
+    pub const RULES: [Rule; 5] = [
+        Rule {
+            on: On::StatusReason("Host EC2*"),
+            retry: true,
+        },
+        Rule {
+            on: On::ExitCode(exit::TRANSIENT),
+            retry: true,
+        },
+        Rule {
+            on: On::ExitCode(exit::INTERRUPTED),
+            retry: true,
+        },
+        Rule {
+            on: On::AnyExitCode,
+            retry: false,
+        },
+        Rule {
+            on: On::AnyReason,
+            retry: false,
+        },
+    ];
+}
+
 /// AWS Batch's largest array size; an array job has 2..=10,000 children.
 pub const MAX_ARRAY_SIZE: usize = 10_000;
 

@@ -41,6 +41,7 @@ use aws_sdk_batch::types::{
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use embatch_formats::run::retry_strategy::{self, On};
 use embatch_formats::run::{env, exit};
 
 use crate::Emulator;
@@ -58,8 +59,8 @@ pub struct BatchResources {
 
 /// Creates, under names starting with `prefix`, a service role (the emulator refuses a
 /// compute environment without one), an unmanaged compute environment, a job queue and a
-/// job definition with the contract's retry strategy (retry on exit codes 75 and 143 and on
-/// `Host EC2*`, exit otherwise).
+/// job definition with the retry strategy of `embatch_formats::run::retry_strategy` (retry
+/// on exit codes 75 and 143 and on `Host EC2*`, exit otherwise).
 pub async fn create_resources(
     emulator: &Emulator,
     config: &SdkConfig,
@@ -99,13 +100,6 @@ pub async fn create_resources(
         .await
         .with_context(|| format!("creating job queue {job_queue}"))?;
 
-    let retry = |action, code: Option<&str>, reason: Option<&str>| {
-        EvaluateOnExit::builder()
-            .action(action)
-            .set_on_exit_code(code.map(str::to_string))
-            .set_on_status_reason(reason.map(str::to_string))
-            .build()
-    };
     let job_definition = format!("{prefix}-worker-{suffix}");
     batch
         .register_job_definition()
@@ -128,23 +122,7 @@ pub async fn create_resources(
                 )
                 .build(),
         )
-        .retry_strategy(
-            RetryStrategy::builder()
-                .attempts(3)
-                .evaluate_on_exit(retry(RetryAction::Retry, None, Some("Host EC2*")))
-                .evaluate_on_exit(retry(
-                    RetryAction::Retry,
-                    Some(&exit::TRANSIENT.to_string()),
-                    None,
-                ))
-                .evaluate_on_exit(retry(
-                    RetryAction::Retry,
-                    Some(&exit::INTERRUPTED.to_string()),
-                    None,
-                ))
-                .evaluate_on_exit(retry(RetryAction::Exit, Some("*"), None))
-                .build(),
-        )
+        .retry_strategy(job_retry_strategy())
         .send()
         .await
         .with_context(|| format!("registering job definition {job_definition}"))?;
@@ -154,6 +132,29 @@ pub async fn create_resources(
         job_queue,
         job_definition,
     })
+}
+
+/// [`retry_strategy::RULES`] as a Batch `RetryStrategy`.
+fn job_retry_strategy() -> RetryStrategy {
+    let rules = retry_strategy::RULES.iter().map(|rule| {
+        let action = if rule.retry {
+            RetryAction::Retry
+        } else {
+            RetryAction::Exit
+        };
+        let (rule_builder, (_, pattern)) =
+            (EvaluateOnExit::builder().action(action), rule.pattern());
+        match rule.on {
+            On::StatusReason(_) => rule_builder.on_status_reason(pattern),
+            On::ExitCode(_) | On::AnyExitCode => rule_builder.on_exit_code(pattern),
+            On::AnyReason => rule_builder.on_reason(pattern),
+        }
+        .build()
+    });
+    RetryStrategy::builder()
+        .attempts(retry_strategy::ATTEMPTS)
+        .set_evaluate_on_exit(Some(rules.collect()))
+        .build()
 }
 
 /// One array child (or plain job) the player ran.

@@ -305,6 +305,23 @@ pub struct FaultCounts {
 }
 
 impl FaultCounts {
+    /// Counts one request: in all, per operation, and the size of a batch.
+    fn count(&mut self, seen: &Seen, json: Option<&Value>) {
+        self.requests += 1;
+        let op_name = match (&seen.operation, &seen.batch) {
+            (Some(op), _) => op.clone(),
+            (None, Some(op)) => format!("Batch {op}"),
+            (None, None) => format!("S3 {}", seen.method),
+        };
+        *self.operations.entry(op_name).or_default() += 1;
+        if let (Some(op), Some(v)) = (&seen.operation, json) {
+            if let Some(size) = batch_size(op, v) {
+                let largest = self.largest_batch.entry(op.clone()).or_default();
+                *largest = (*largest).max(size);
+            }
+        }
+    }
+
     /// Faults injected in all.
     pub fn injected(&self) -> u64 {
         self.per_rule.iter().sum()
@@ -350,6 +367,46 @@ struct Seen {
     operation: Option<String>,
     /// The Batch operation (the path's `/v1/<operation>`), `None` for S3 and DynamoDB.
     batch: Option<String>,
+}
+
+impl Seen {
+    fn of(parts: &hyper::http::request::Parts) -> Seen {
+        let operation = parts
+            .headers
+            .get(TARGET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| t.strip_prefix(DYNAMODB_TARGET_PREFIX))
+            .map(str::to_string);
+        let batch = iam::signer(&parts.headers)
+            .filter(|(_, service)| service == "batch")
+            .and_then(|_| parts.uri.path().strip_prefix("/v1/").map(str::to_string));
+        Seen {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            operation,
+            batch,
+        }
+    }
+}
+
+/// What identifies a request's content across retries: its JSON body (DynamoDB), else its
+/// method, URI and range.
+fn content_hash(parts: &hyper::http::request::Parts, json: Option<&Value>) -> u64 {
+    let mut h = DefaultHasher::new();
+    match json {
+        // serde_json's maps are sorted, so this ignores the SDK's map ordering.
+        Some(v) => v.to_string().hash(&mut h),
+        None => {
+            parts.method.as_str().hash(&mut h);
+            parts.uri.to_string().hash(&mut h);
+            parts
+                .headers
+                .get("range")
+                .map(|r| r.as_bytes())
+                .hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 impl FaultProxy {
@@ -468,116 +525,16 @@ impl State {
     async fn handle(&self, request: Request<Incoming>) -> anyhow::Result<Response<ProxyBody>> {
         let (parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
-        let operation = parts
-            .headers
-            .get(TARGET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| t.strip_prefix(DYNAMODB_TARGET_PREFIX))
-            .map(str::to_string);
-        let batch = iam::signer(&parts.headers)
-            .filter(|(_, service)| service == "batch")
-            .and_then(|_| parts.uri.path().strip_prefix("/v1/").map(str::to_string));
-        let seen = Seen {
-            method: parts.method.clone(),
-            path: parts.uri.path().to_string(),
-            operation,
-            batch,
-        };
+        let seen = Seen::of(&parts);
         let json: Option<Value> = seen
             .operation
             .as_ref()
             .and_then(|_| serde_json::from_slice(&body).ok());
-        let content = {
-            let mut h = DefaultHasher::new();
-            match &json {
-                // serde_json's maps are sorted, so this ignores the SDK's map ordering.
-                Some(v) => v.to_string().hash(&mut h),
-                None => {
-                    parts.method.as_str().hash(&mut h);
-                    parts.uri.to_string().hash(&mut h);
-                    parts
-                        .headers
-                        .get("range")
-                        .map(|r| r.as_bytes())
-                        .hash(&mut h);
-                }
-            }
-            h.finish()
-        };
-
-        let chosen = {
-            let mut book = self.book.lock().expect("fault book lock");
-            let book = &mut *book;
-            book.counts.requests += 1;
-            let op_name = match (&seen.operation, &seen.batch) {
-                (Some(op), _) => op.clone(),
-                (None, Some(op)) => format!("Batch {op}"),
-                (None, None) => format!("S3 {}", seen.method),
-            };
-            *book.counts.operations.entry(op_name).or_default() += 1;
-            if let (Some(op), Some(v)) = (&seen.operation, &json) {
-                if let Some(size) = batch_size(op, v) {
-                    let largest = book.counts.largest_batch.entry(op.clone()).or_default();
-                    *largest = (*largest).max(size);
-                }
-            }
-            let occurrence = book.occurrences.entry(content).or_default();
-            let nth = *occurrence;
-            *occurrence += 1;
-            let mut chosen = None;
-            for (i, rule) in self.plan.rules.iter().enumerate() {
-                if !rule.when.matches(&seen) {
-                    continue;
-                }
-                book.counts.matched[i] += 1;
-                let first = *book
-                    .first_match
-                    .entry(i)
-                    .or_insert_with(std::time::Instant::now);
-                let outside = rule.window.is_some_and(|w| first.elapsed() > w);
-                if !outside {
-                    book.counts.in_window[i] += 1;
-                }
-                if book.counts.matched[i] <= rule.skip
-                    || outside
-                    || rule.limit.is_some_and(|l| book.counts.per_rule[i] >= l)
-                    || matches!(rule.fault, Fault::Unprocessed) && !is_batch(&seen)
-                {
-                    continue;
-                }
-                let draw = unit(hash_of((self.plan.seed, i, content, nth)));
-                if draw < rule.probability {
-                    book.counts.per_rule[i] += 1;
-                    *book.counts.by_kind.entry(rule.fault.kind()).or_default() += 1;
-                    chosen = Some((
-                        rule.fault.clone(),
-                        hash_of((self.plan.seed, content, nth, "choice")),
-                    ));
-                    break;
-                }
-            }
-            chosen
-        };
-
-        let dynamodb = seen.operation.is_some();
-        if let Some(iam) = &self.iam {
-            let wire = WireRequest {
-                method: &parts.method,
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                body: &body,
-            };
-            let authorized = iam.authorize(&wire);
-            if !authorized.allowed() {
-                let service = iam::signer(&parts.headers).map(|(_, service)| service);
-                return Ok(full_response(access_denied(
-                    service.as_deref(),
-                    &parts.method,
-                    &authorized,
-                )));
-            }
+        let chosen = self.choose(&seen, json.as_ref(), content_hash(&parts, json.as_ref()));
+        if let Some(denied) = self.denied(&parts, &body) {
+            return Ok(denied);
         }
+        let dynamodb = seen.operation.is_some();
         match chosen {
             None if self.iam.is_some() => self.forward_enforced(parts, body).await,
             None => self.forward(parts, body).await.map(full_response),
@@ -607,14 +564,78 @@ impl State {
                 Ok(half_then_close(response, stall))
             }
             Some((Fault::Unprocessed, choice)) => {
-                let (op, json) = (
-                    seen.operation.as_deref(),
-                    json.expect("batch requests are JSON"),
-                );
-                self.partial_batch(op == Some("BatchWriteItem"), parts, json, choice)
-                    .await
+                let write = seen.operation.as_deref() == Some("BatchWriteItem");
+                let json = json.expect("batch requests are JSON");
+                self.partial_batch(write, parts, json, choice).await
             }
         }
+    }
+
+    /// Counts the request and picks the fault to inject, if any: the first rule that matches,
+    /// is past its `skip`, inside its window and limit, and whose seeded draw falls under its
+    /// probability. The draw depends on the seed, the rule, the request's content and how
+    /// many times that content was seen, so a retry of the same request draws again.
+    fn choose(&self, seen: &Seen, json: Option<&Value>, content: u64) -> Option<(Fault, u64)> {
+        let mut book = self.book.lock().expect("fault book lock");
+        let book = &mut *book;
+        book.counts.count(seen, json);
+        let occurrence = book.occurrences.entry(content).or_default();
+        let nth = *occurrence;
+        *occurrence += 1;
+        for (i, rule) in self.plan.rules.iter().enumerate() {
+            if !rule.when.matches(seen) {
+                continue;
+            }
+            book.counts.matched[i] += 1;
+            let first = *book
+                .first_match
+                .entry(i)
+                .or_insert_with(std::time::Instant::now);
+            let outside = rule.window.is_some_and(|w| first.elapsed() > w);
+            if !outside {
+                book.counts.in_window[i] += 1;
+            }
+            if book.counts.matched[i] <= rule.skip
+                || outside
+                || rule.limit.is_some_and(|l| book.counts.per_rule[i] >= l)
+                || matches!(rule.fault, Fault::Unprocessed) && !is_batch(seen)
+            {
+                continue;
+            }
+            if unit(hash_of((self.plan.seed, i, content, nth))) < rule.probability {
+                book.counts.per_rule[i] += 1;
+                *book.counts.by_kind.entry(rule.fault.kind()).or_default() += 1;
+                let choice = hash_of((self.plan.seed, content, nth, "choice"));
+                return Some((rule.fault.clone(), choice));
+            }
+        }
+        None
+    }
+
+    /// With IAM enforced, the access-denied answer AWS would give, if the request is denied.
+    fn denied(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+    ) -> Option<Response<ProxyBody>> {
+        let iam = self.iam.as_ref()?;
+        let wire = WireRequest {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+        };
+        let authorized = iam.authorize(&wire);
+        if authorized.allowed() {
+            return None;
+        }
+        let service = iam::signer(&parts.headers).map(|(_, service)| service);
+        Some(full_response(access_denied(
+            service.as_deref(),
+            &parts.method,
+            &authorized,
+        )))
     }
 
     /// Forwards an authorised request; a 404 on an S3 object becomes 403 when the caller may
@@ -681,60 +702,8 @@ impl State {
         mut request: Value,
         choice: u64,
     ) -> anyhow::Result<Response<ProxyBody>> {
-        let mut rng = StdRng::seed_from_u64(choice);
-        // table -> withheld entries (write requests, or KeysAndAttributes with fewer keys)
-        let mut withheld = serde_json::Map::new();
-        let mut withheld_count = 0u64;
-        if let Some(tables) = request
-            .get_mut("RequestItems")
-            .and_then(Value::as_object_mut)
-        {
-            for (table, entry) in tables.iter_mut() {
-                let list = if write {
-                    entry.as_array_mut()
-                } else {
-                    entry.get_mut("Keys").and_then(Value::as_array_mut)
-                };
-                let Some(list) = list.filter(|l| !l.is_empty()) else {
-                    continue;
-                };
-                let n = list.len();
-                let hold = rng.random_range(1..=n);
-                let mut order: Vec<usize> = (0..n).collect();
-                order.shuffle(&mut rng);
-                let held: std::collections::HashSet<usize> =
-                    order[..hold].iter().copied().collect();
-                let (mut keep, mut away) = (Vec::new(), Vec::new());
-                for (i, v) in list.drain(..).enumerate() {
-                    if held.contains(&i) {
-                        away.push(v)
-                    } else {
-                        keep.push(v)
-                    }
-                }
-                withheld_count += away.len() as u64;
-                *list = keep;
-                let withheld_entry = if write {
-                    Value::Array(away)
-                } else {
-                    let mut unprocessed = entry.clone();
-                    unprocessed["Keys"] = Value::Array(away);
-                    unprocessed
-                };
-                withheld.insert(table.clone(), withheld_entry);
-            }
-            // DynamoDB rejects empty lists: drop the tables with nothing left to forward.
-            tables.retain(|_, entry| {
-                let list = if write {
-                    entry.as_array()
-                } else {
-                    entry.get("Keys").and_then(Value::as_array)
-                };
-                list.is_some_and(|l| !l.is_empty())
-            });
-        }
-        self.book.lock().expect("fault book lock").counts.withheld += withheld_count;
-
+        let (withheld, count) = withhold(write, &mut request, &mut StdRng::seed_from_u64(choice));
+        self.book.lock().expect("fault book lock").counts.withheld += count;
         let forward_any = request["RequestItems"]
             .as_object()
             .is_some_and(|t| !t.is_empty());
@@ -751,34 +720,95 @@ impl State {
         } else {
             json!({"Responses": {}, "UnprocessedKeys": {}})
         };
-        let field = if write {
-            "UnprocessedItems"
-        } else {
-            "UnprocessedKeys"
+        add_unprocessed(write, &mut answer, withheld);
+        Ok(json_answer(StatusCode::OK, answer.to_string()))
+    }
+}
+
+/// The requests (write) or keys (get) of a batch, per table.
+fn batch_list(write: bool, entry: &mut Value) -> Option<&mut Vec<Value>> {
+    if write {
+        entry.as_array_mut()
+    } else {
+        entry.get_mut("Keys").and_then(Value::as_array_mut)
+    }
+}
+
+/// Takes a random non-empty share of each table's entries out of `request`; returns them
+/// per table (as the answer's unprocessed entries) and how many. Tables left with nothing
+/// are dropped from the request (DynamoDB rejects empty lists).
+fn withhold(
+    write: bool,
+    request: &mut Value,
+    rng: &mut StdRng,
+) -> (serde_json::Map<String, Value>, u64) {
+    let mut withheld = serde_json::Map::new();
+    let mut count = 0u64;
+    let Some(tables) = request
+        .get_mut("RequestItems")
+        .and_then(Value::as_object_mut)
+    else {
+        return (withheld, 0);
+    };
+    for (table, entry) in tables.iter_mut() {
+        let Some(list) = batch_list(write, entry).filter(|l| !l.is_empty()) else {
+            continue;
         };
-        if !answer.get(field).is_some_and(Value::is_object) {
-            answer[field] = json!({});
-        }
-        for (table, held) in withheld {
-            let slot = &mut answer[field][&table];
-            if write {
-                let mut all = held.as_array().cloned().unwrap_or_default();
-                all.extend(slot.as_array().cloned().unwrap_or_default());
-                *slot = Value::Array(all);
+        let n = list.len();
+        let hold = rng.random_range(1..=n);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(rng);
+        let held: std::collections::HashSet<usize> = order[..hold].iter().copied().collect();
+        let (mut keep, mut away) = (Vec::new(), Vec::new());
+        for (i, v) in list.drain(..).enumerate() {
+            if held.contains(&i) {
+                away.push(v)
             } else {
-                let mut all = held["Keys"].as_array().cloned().unwrap_or_default();
-                all.extend(
-                    slot.get("Keys")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                let mut entry = held;
-                entry["Keys"] = Value::Array(all);
-                *slot = entry;
+                keep.push(v)
             }
         }
-        Ok(json_answer(StatusCode::OK, answer.to_string()))
+        count += away.len() as u64;
+        *list = keep;
+        let withheld_entry = if write {
+            Value::Array(away)
+        } else {
+            let mut unprocessed = entry.clone();
+            unprocessed["Keys"] = Value::Array(away);
+            unprocessed
+        };
+        withheld.insert(table.clone(), withheld_entry);
+    }
+    tables.retain(|_, entry| batch_list(write, entry).is_some_and(|l| !l.is_empty()));
+    (withheld, count)
+}
+
+/// Adds the withheld entries to the answer's `UnprocessedItems`/`UnprocessedKeys`, beside
+/// whatever the upstream left unprocessed itself.
+fn add_unprocessed(write: bool, answer: &mut Value, withheld: serde_json::Map<String, Value>) {
+    let field = if write {
+        "UnprocessedItems"
+    } else {
+        "UnprocessedKeys"
+    };
+    if !answer.get(field).is_some_and(Value::is_object) {
+        answer[field] = json!({});
+    }
+    for (table, mut held) in withheld {
+        let slot = &mut answer[field][&table];
+        let mut all = batch_list(write, &mut held)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        all.extend(
+            batch_list(write, slot)
+                .map(std::mem::take)
+                .unwrap_or_default(),
+        );
+        if write {
+            *slot = Value::Array(all);
+        } else {
+            held["Keys"] = Value::Array(all);
+            *slot = held;
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_aws::client;
+use embatch_aws::objects::get_if_exists;
 use embatch_formats::s3uri::S3Uri;
 use embatch_records::table::create_table;
 use embatch_records::vector::{VectorMetadata, VectorRecord};
@@ -88,23 +89,9 @@ pub async fn put_bytes(s3: &aws_sdk_s3::Client, uri: &S3Uri, bytes: &[u8]) -> St
 
 /// The object's bytes, or `None` if there is no such key; panics on any other error.
 pub async fn get_bytes(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Option<Vec<u8>> {
-    match s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
+    get_if_exists(s3, uri)
         .await
-    {
-        Ok(out) => Some(
-            out.body
-                .collect()
-                .await
-                .unwrap_or_else(|e| panic!("reading {uri}: {e}"))
-                .to_vec(),
-        ),
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => None,
-        Err(e) => panic!("GetObject {uri}: {e:?}"),
-    }
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A deterministic pseudo-random vector whose bit patterns cover NaN payloads, infinities,

@@ -365,23 +365,7 @@ fn s3_checks(request: &WireRequest<'_>) -> Result<(String, Vec<Check>), String> 
         .map(|(k, _)| k.as_str())
         .filter(|k| !S3_PLAIN_QUERY.contains(k))
         .collect();
-    let path = request.path.strip_prefix('/').unwrap_or(request.path);
-    let (bucket, key) = match path.split_once('/') {
-        Some((bucket, key)) if !key.is_empty() => (bucket, Some(key)),
-        Some((bucket, _)) => (bucket, None),
-        None => (path, None),
-    };
-    let key = key
-        .map(|k| {
-            percent_encoding::percent_decode_str(k)
-                .decode_utf8()
-                .map(|k| k.into_owned())
-                .map_err(|_| format!("S3 key {k:?} is not UTF-8"))
-        })
-        .transpose()?;
-    if bucket.is_empty() {
-        return Err("S3 request without a bucket (path-style addressing expected)".into());
-    }
+    let (bucket, key) = s3_target(request.path)?;
     if !subresources.is_empty() {
         return Err(format!(
             "S3 sub-resource(s) {subresources:?} have no mapping"
@@ -432,6 +416,28 @@ fn s3_checks(request: &WireRequest<'_>) -> Result<(String, Vec<Check>), String> 
         _ => return Err(format!("S3 {method} {} has no mapping", request.path)),
     };
     Ok((format!("s3 {operation}"), checks))
+}
+
+/// The bucket and the decoded key (if any) of a path-style S3 request path.
+fn s3_target(path: &str) -> Result<(&str, Option<String>), String> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    let (bucket, key) = match path.split_once('/') {
+        Some((bucket, key)) if !key.is_empty() => (bucket, Some(key)),
+        Some((bucket, _)) => (bucket, None),
+        None => (path, None),
+    };
+    if bucket.is_empty() {
+        return Err("S3 request without a bucket (path-style addressing expected)".into());
+    }
+    let key = key
+        .map(|k| {
+            percent_encoding::percent_decode_str(k)
+                .decode_utf8()
+                .map(|k| k.into_owned())
+                .map_err(|_| format!("S3 key {k:?} is not UTF-8"))
+        })
+        .transpose()?;
+    Ok((bucket, key))
 }
 
 /// `s3:ListBucket` on `bucket`, with `s3:prefix` (absent when there is none) and, for

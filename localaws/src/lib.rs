@@ -11,6 +11,7 @@
 //! - [`python`], [`sample`], [`test_model`]: re-exported from `embatch-testkit` (no AWS).
 //!
 //! Nothing here is used by the deployed worker or submitter.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod batch;
 pub mod bins;

@@ -4,6 +4,7 @@
 //! images (or a generated sample set), runs the real submitter, plays AWS Batch by running the
 //! real worker for every array child, then reads the vectors back and prints what a person
 //! wants to see: counts, failures with reasons, throughput, and nearest neighbours.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,8 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
 use embatch_aws::client;
-use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_aws::objects::{self, get_if_exists};
+use embatch_formats::report::{read_failures, ChildSummary, FailureLine};
 use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::Emulator;
@@ -76,86 +78,34 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let (submitter, worker) = (bins::binary("embatch")?, bins::binary("embatch-worker")?);
     let spec = choose_model(args.model_spec.clone())?;
-
-    say("starting the AWS emulator on 127.0.0.1");
-    let emulator = if args.keep {
-        Emulator::start_kept()?
-    } else {
-        Emulator::start()?
-    };
-    let config = emulator.sdk_config().await;
-    let s3 = client::s3(&config);
-    let dynamodb = client::dynamodb(&config);
-    let batch_client = aws_sdk_batch::Client::new(&config);
-
-    say("creating the bucket, the vector table and the Batch queue");
-    s3.create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .context("creating the bucket")?;
-    table::create_table(&dynamodb, TABLE).await?;
-    let resources = batch::create_resources(&emulator, &config, "embatch-local").await?;
-
+    let cloud = LocalCloud::start(args.keep).await?;
     let images = collect_images(args.dir.as_deref())?;
-    say(&format!(
-        "uploading {} files to s3://{BUCKET}/{PREFIX}",
-        images.len()
-    ));
-    futures::stream::iter(images.iter())
-        .map(|(name, bytes)| {
-            let s3 = s3.clone();
-            async move {
-                s3.put_object()
-                    .bucket(BUCKET)
-                    .key(format!("{PREFIX}{name}"))
-                    .body(bytes.clone().into())
-                    .send()
-                    .await
-                    .with_context(|| format!("uploading {name}"))
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    upload_images(&cloud.s3, &images).await?;
 
     say(&format!("embatch submit {{\"Paths\": [\"{PREFIX}\"]}}"));
     let event = format!(r#"{{"Paths": ["{PREFIX}"]}}"#);
     let images_per_job = args
         .images_per_job
         .unwrap_or_else(|| images.len().div_ceil(4).clamp(1, 1000));
-    let submitted = run_submitter(
+    let output = run_submitter(
         &submitter,
-        &emulator,
-        &resources,
+        &cloud.emulator,
+        &cloud.resources,
         &spec,
         &event,
         images_per_job,
     )
     .await?;
-    let run_id = submitted["run_id"]
-        .as_str()
-        .context("submitter output lacks run_id")?
-        .to_string();
-    let run_uri = submitted["run_uri"]
-        .as_str()
-        .context("submitter output lacks run_uri")?;
-    let job_ids: Vec<String> = submitted["jobs"]
-        .as_array()
-        .context("submitter output lacks jobs")?
-        .iter()
-        .filter_map(|j| j["job_id"].as_str().map(str::to_string))
-        .collect();
-    let manifests = submitted["manifests"].as_u64().unwrap_or(0);
+    let submitted = Submitted::read(&output)?;
 
     say(&format!(
-        "playing AWS Batch: {manifests} array children, {} at a time",
-        args.parallel
+        "playing AWS Batch: {} array children, {} at a time",
+        submitted.manifests, args.parallel
     ));
     let started = Instant::now();
-    let runs = batch::Player::new(&worker, &emulator)
+    let runs = batch::Player::new(&worker, &cloud.emulator)
         .parallelism(args.parallel)
-        .play(&batch_client, &job_ids)
+        .play(&cloud.batch, &submitted.job_ids)
         .await?;
     let seconds = started.elapsed().as_secs_f64();
     for r in runs.iter().filter(|r| !r.success()) {
@@ -167,17 +117,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
-    let layout = RunLayout::from_root(S3Uri::parse(run_uri)?);
-    let (summaries, failures) = read_reports(&s3, &layout, manifests as usize).await?;
-    let records: Vec<VectorRecord> = TableReader::new(dynamodb.clone(), TABLE)
+    let (summaries, failures) =
+        read_reports(&cloud.s3, &submitted.layout, submitted.manifests).await?;
+    let records: Vec<VectorRecord> = TableReader::new(cloud.dynamodb.clone(), TABLE)
         .scan(4)
         .try_collect()
         .await
         .context("reading the vectors back")?;
-
     print_report(&Report {
-        run_id: &run_id,
-        listing: &submitted["listing"],
+        run_id: &submitted.run_id,
+        listing: &output["listing"],
         summaries: &summaries,
         failures: &failures,
         children_failed: runs.iter().filter(|r| !r.success()).count(),
@@ -187,13 +136,99 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     if args.keep {
-        print_keep_instructions(&emulator);
-        std::mem::forget(emulator);
+        print_keep_instructions(&cloud.emulator);
+        std::mem::forget(cloud.emulator);
     }
     if runs.iter().any(|r| !r.success()) {
         bail!("some array children failed (see above)");
     }
     Ok(())
+}
+
+/// The emulator with the local run's bucket, table and Batch queue, and clients for it.
+struct LocalCloud {
+    emulator: Emulator,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    batch: aws_sdk_batch::Client,
+    resources: batch::BatchResources,
+}
+
+impl LocalCloud {
+    async fn start(keep: bool) -> anyhow::Result<LocalCloud> {
+        say("starting the AWS emulator on 127.0.0.1");
+        let emulator = if keep {
+            Emulator::start_kept()?
+        } else {
+            Emulator::start()?
+        };
+        let config = emulator.sdk_config().await;
+        let (s3, dynamodb) = (client::s3(&config), client::dynamodb(&config));
+        say("creating the bucket, the vector table and the Batch queue");
+        s3.create_bucket()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .context("creating the bucket")?;
+        table::create_table(&dynamodb, TABLE).await?;
+        let resources = batch::create_resources(&emulator, &config, "embatch-local").await?;
+        Ok(LocalCloud {
+            batch: aws_sdk_batch::Client::new(&config),
+            emulator,
+            s3,
+            dynamodb,
+            resources,
+        })
+    }
+}
+
+async fn upload_images(
+    s3: &aws_sdk_s3::Client,
+    images: &[(String, Vec<u8>)],
+) -> anyhow::Result<()> {
+    say(&format!(
+        "uploading {} files to s3://{BUCKET}/{PREFIX}",
+        images.len()
+    ));
+    futures::stream::iter(images)
+        .map(|(name, bytes)| async move {
+            let uri = S3Uri::new(BUCKET, format!("{PREFIX}{name}"));
+            objects::put(s3, &uri, bytes.clone().into(), "application/octet-stream").await
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// What the submitter's JSON summary says the local run needs.
+struct Submitted {
+    run_id: String,
+    layout: RunLayout,
+    job_ids: Vec<String>,
+    manifests: usize,
+}
+
+impl Submitted {
+    fn read(output: &serde_json::Value) -> anyhow::Result<Submitted> {
+        let field = |name: &str| {
+            output[name]
+                .as_str()
+                .with_context(|| format!("the submitter's output lacks {name}"))
+        };
+        let job_ids = output["jobs"]
+            .as_array()
+            .context("the submitter's output lacks jobs")?
+            .iter()
+            .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+            .collect();
+        Ok(Submitted {
+            run_id: field("run_id")?.to_string(),
+            layout: RunLayout::from_root(S3Uri::parse(field("run_uri")?)?),
+            job_ids,
+            manifests: output["manifests"].as_u64().unwrap_or(0) as usize,
+        })
+    }
 }
 
 fn say(what: &str) {
@@ -317,39 +352,16 @@ async fn read_reports(
     layout: &RunLayout,
     manifests: usize,
 ) -> anyhow::Result<(Vec<ChildSummary>, Vec<FailureLine>)> {
-    let get = |uri: S3Uri| async move {
-        let out = s3
-            .get_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .send()
-            .await;
-        match out {
-            Ok(o) => Ok(Some(
-                o.body
-                    .collect()
-                    .await
-                    .with_context(|| format!("reading {uri}"))?
-                    .into_bytes(),
-            )),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {uri}"))),
-        }
-    };
     let (mut summaries, mut failures) = (Vec::new(), Vec::new());
     for n in 0..manifests {
-        if let Some(bytes) = get(layout.summary(n)).await? {
-            summaries.push(
-                serde_json::from_slice(&bytes).with_context(|| format!("{}", layout.summary(n)))?,
-            );
+        let (summary, report) = (layout.summary(n), layout.failures(n));
+        if let Some(bytes) = get_if_exists(s3, &summary).await? {
+            summaries.push(serde_json::from_slice(&bytes).with_context(|| summary.to_string())?);
         }
-        if let Some(bytes) = get(layout.failures(n)).await? {
-            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                failures.push(
-                    serde_json::from_slice(line)
-                        .with_context(|| format!("{}", layout.failures(n)))?,
-                );
-            }
+        if let Some(bytes) = get_if_exists(s3, &report).await? {
+            let (_, lines) =
+                read_failures(&bytes, usize::MAX).with_context(|| report.to_string())?;
+            failures.extend(lines);
         }
     }
     Ok((summaries, failures))

@@ -14,6 +14,7 @@
 //! assert_eq!(prepared.tensor.len(), 3 * 224 * 224);
 //! # Ok(()) }
 //! ```
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod decode;
 pub mod jpeg;

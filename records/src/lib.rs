@@ -7,6 +7,7 @@
 //!
 //! Clients come from `embatch_aws::config`, retries follow `embatch_aws::retry`. This crate
 //! never depends on tract, the image stack or a CLI (checked by `scripts/test`).
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 /// The AWS client configuration (`embatch_aws::client`), re-exported so that reading vectors
 /// needs this crate alone.

@@ -300,16 +300,7 @@ impl TableWriter {
         debug_assert!(pending.len() <= MAX_BATCH_WRITE_ITEMS);
         let mut backoff = self.retry.backoff();
         loop {
-            let result = {
-                let _permit = self.in_flight.acquire().await;
-                self.pacer.turn().await;
-                self.client
-                    .batch_write_item()
-                    .request_items(self.table.to_string(), pending.clone())
-                    .send()
-                    .await
-            };
-            let last = match result {
+            let last = match self.send(&pending).await {
                 Ok(output) => {
                     let unprocessed = output
                         .unprocessed_items
@@ -341,12 +332,12 @@ impl TableWriter {
                 }
                 Err(e) if is_transient_sdk_error(&e) => {
                     // The SDK already retried this: fail the batch (the child is retried later).
-                    return vec![BatchError {
-                        ids: ids_of(&pending),
-                        failure: WriteFailure::Transient {
+                    return failed(
+                        &pending,
+                        WriteFailure::Transient {
                             message: describe(&e),
                         },
-                    }];
+                    );
                 }
                 Err(e) if e.code() == Some("ValidationException") && pending.len() > 1 => {
                     // One bad item (e.g. over DynamoDB's 400 KB) fails its whole batch: split
@@ -359,24 +350,38 @@ impl TableWriter {
                     return left;
                 }
                 Err(e) => {
-                    return vec![BatchError {
-                        ids: ids_of(&pending),
-                        failure: WriteFailure::Rejected {
+                    return failed(
+                        &pending,
+                        WriteFailure::Rejected {
                             message: describe(&e),
                         },
-                    }]
+                    )
                 }
             };
             if !backoff.wait().await {
-                return vec![BatchError {
-                    ids: ids_of(&pending),
-                    failure: WriteFailure::RetriesExhausted {
-                        attempts: backoff.attempts(),
-                        last,
-                    },
-                }];
+                let attempts = backoff.attempts();
+                return failed(&pending, WriteFailure::RetriesExhausted { attempts, last });
             }
         }
+    }
+
+    /// One BatchWriteItem of `pending`, within the in-flight limit and the pacer's turn.
+    async fn send(
+        &self,
+        pending: &[WriteRequest],
+    ) -> Result<
+        aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemOutput,
+        aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemError,
+        >,
+    > {
+        let _permit = self.in_flight.acquire().await;
+        self.pacer.turn().await;
+        self.client
+            .batch_write_item()
+            .request_items(self.table.to_string(), pending.to_vec())
+            .send()
+            .await
     }
 
     fn error(&self, failures: Vec<BatchError>) -> WriteError {
@@ -411,6 +416,14 @@ fn last_per_id(records: Vec<VectorRecord>) -> Vec<VectorRecord> {
         .collect();
     kept.reverse();
     kept
+}
+
+/// The whole batch as one failure.
+fn failed(pending: &[WriteRequest], failure: WriteFailure) -> Vec<BatchError> {
+    vec![BatchError {
+        ids: ids_of(pending),
+        failure,
+    }]
 }
 
 fn ids_of(requests: &[WriteRequest]) -> Vec<String> {

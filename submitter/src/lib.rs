@@ -12,6 +12,7 @@
 //!    recorded in `run.json` as soon as AWS Batch has it.
 //!
 //! [`status`] follows a submitted run.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod event;
 pub mod listing;
@@ -148,26 +149,10 @@ pub async fn submit(
     event: &PathsEvent,
     options: &SubmitOptions,
 ) -> anyhow::Result<SubmitSummary> {
-    if options.images_per_job == 0 {
-        return Err(InputError("--images-per-job must be at least 1".into()).into());
-    }
-    if !(2..=MAX_ARRAY_SIZE).contains(&options.max_array_size) {
-        return Err(InputError(format!(
-            "--max-array-size must be 2..={MAX_ARRAY_SIZE} (AWS Batch's array sizes)"
-        ))
-        .into());
-    }
+    options.validate()?;
     let roots = event.resolve(options.bucket.as_deref())?;
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
-
-    if let Some(readable) = &options.readable_prefixes {
-        preflight::check_readable(&roots, readable)?;
-    }
-    let listable: Vec<S3Uri> = roots.iter().chain([&runs]).cloned().collect();
-    preflight::check_listable(&clients.s3, &listable).await?;
-    preflight::check_job_queue(&clients.batch, &options.job_queue).await?;
-    preflight::check_job_definition(&clients.batch, &options.job_definition).await?;
-    preflight::check_table(&clients.dynamodb, &options.table).await?;
+    preflight(clients, &roots, &runs, options).await?;
 
     let listing = listing::list_images(&clients.s3, &roots, &options.extensions).await?;
     tracing::info!(stats = ?listing.stats, "listing done");
@@ -228,6 +213,40 @@ pub async fn submit(
     submission::submit_jobs(clients, &target, &specs, &mut plan).await?;
     summary.jobs = plan.jobs;
     Ok(summary)
+}
+
+impl SubmitOptions {
+    /// The limits clap enforces for the binary, enforced again for library callers.
+    fn validate(&self) -> Result<(), InputError> {
+        if self.images_per_job == 0 {
+            return Err(InputError("--images-per-job must be at least 1".into()));
+        }
+        if !(2..=MAX_ARRAY_SIZE).contains(&self.max_array_size) {
+            return Err(InputError(format!(
+                "--max-array-size must be 2..={MAX_ARRAY_SIZE} (AWS Batch's array sizes)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Every check that can fail before anything is written: the roots inside the job role's
+/// readable prefixes, each root and the runs folder listable, the queue, the job definition
+/// and the table present.
+async fn preflight(
+    clients: &Clients,
+    roots: &[S3Uri],
+    runs: &S3Uri,
+    options: &SubmitOptions,
+) -> anyhow::Result<()> {
+    if let Some(readable) = &options.readable_prefixes {
+        preflight::check_readable(roots, readable)?;
+    }
+    let listable: Vec<S3Uri> = roots.iter().chain([runs]).cloned().collect();
+    preflight::check_listable(&clients.s3, &listable).await?;
+    preflight::check_job_queue(&clients.batch, &options.job_queue).await?;
+    preflight::check_job_definition(&clients.batch, &options.job_definition).await?;
+    preflight::check_table(&clients.dynamodb, &options.table).await
 }
 
 /// The jobs of a plan, not yet submitted (no job ids).

@@ -4,6 +4,7 @@
 //! `--allow-failed-images`); 1 an AWS or I/O error; 2 bad input (nothing was written or
 //! submitted); 3 status: the run is still going; 4 status: the run finished with FAILED
 //! children; 5 status: every child SUCCEEDED but some images failed (see the failure reports).
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -158,13 +159,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = client::load(&AwsOptions {
+    let options = AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
-        attempt_timeout: None,
-        initial_backoff: None,
-    })
-    .await;
+        ..AwsOptions::default()
+    };
+    let config = client::load(&options).await;
     let clients = Clients::new(&config);
     match cli.command {
         Command::Submit(args) => {

@@ -7,7 +7,8 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use embatch_formats::report::{ChildSummary, FailureLine};
+use embatch_aws::objects::get_if_exists;
+use embatch_formats::report::{read_failures, ChildSummary, FailureLine};
 use embatch_formats::run::{RunLayout, RunPlan};
 use embatch_formats::s3uri::S3Uri;
 
@@ -127,7 +128,7 @@ pub fn locate(run: &str, runs: Option<&S3Uri>) -> Result<RunLayout, InputError> 
 /// Reads `run.json`.
 pub async fn load_plan(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Result<RunPlan> {
     let uri = layout.plan();
-    let bytes = match get(s3, &uri).await? {
+    let bytes = match get_if_exists(s3, &uri).await? {
         Some(bytes) => bytes,
         None => {
             return Err(
@@ -174,20 +175,7 @@ async fn job_states(
     batch: &aws_sdk_batch::Client,
     plan: &RunPlan,
 ) -> anyhow::Result<(Vec<JobState>, Vec<FailedChild>)> {
-    let mut described = BTreeMap::new();
-    let ids: Vec<String> = plan.jobs.iter().filter_map(|j| j.job_id.clone()).collect();
-    for ids in ids.chunks(DESCRIBE_BATCH) {
-        let out = batch
-            .describe_jobs()
-            .set_jobs(Some(ids.to_vec()))
-            .send()
-            .await
-            .with_context(|| format!("describing the jobs of run {}", plan.run_id))?;
-        for job in out.jobs() {
-            described.insert(job.job_id().unwrap_or_default().to_string(), job.clone());
-        }
-    }
-
+    let described = describe_jobs(batch, plan).await?;
     let mut states = Vec::with_capacity(plan.jobs.len());
     let mut failed = Vec::new();
     for submitted in &plan.jobs {
@@ -226,20 +214,7 @@ async fn job_states(
                 }
             }
             Some(size) => {
-                let summary = job.array_properties().and_then(|a| a.status_summary());
-                match summary {
-                    Some(summary) if summary.values().any(|&n| n > 0) => {
-                        for (state, &n) in summary {
-                            if n > 0 {
-                                children.insert(state.clone(), n as u64);
-                            }
-                        }
-                    }
-                    // Not yet summarised: every child is where the parent is.
-                    _ => {
-                        children.insert(status.clone(), size as u64);
-                    }
-                }
+                children = array_children(job, &status, size);
                 if children.get("FAILED").is_some_and(|&n| n > 0) && failed.len() < EXAMPLES {
                     failed.extend(failed_children(batch, job_id, submitted.manifest_offset).await?);
                 }
@@ -253,6 +228,45 @@ async fn job_states(
     }
     failed.truncate(EXAMPLES);
     Ok((states, failed))
+}
+
+/// Every submitted job of the plan, by id (DescribeJobs, 100 ids per request).
+async fn describe_jobs(
+    batch: &aws_sdk_batch::Client,
+    plan: &RunPlan,
+) -> anyhow::Result<BTreeMap<String, aws_sdk_batch::types::JobDetail>> {
+    let mut described = BTreeMap::new();
+    let ids: Vec<String> = plan.jobs.iter().filter_map(|j| j.job_id.clone()).collect();
+    for ids in ids.chunks(DESCRIBE_BATCH) {
+        let out = batch
+            .describe_jobs()
+            .set_jobs(Some(ids.to_vec()))
+            .send()
+            .await
+            .with_context(|| format!("describing the jobs of run {}", plan.run_id))?;
+        for job in out.jobs() {
+            described.insert(job.job_id().unwrap_or_default().to_string(), job.clone());
+        }
+    }
+    Ok(described)
+}
+
+/// An array job's children per state: its status summary, or (not yet summarised) all
+/// `size` children where the parent is.
+fn array_children(
+    job: &aws_sdk_batch::types::JobDetail,
+    status: &str,
+    size: usize,
+) -> BTreeMap<String, u64> {
+    let summary = job.array_properties().and_then(|a| a.status_summary());
+    match summary {
+        Some(summary) if summary.values().any(|&n| n > 0) => summary
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(state, &n)| (state.clone(), n as u64))
+            .collect(),
+        _ => BTreeMap::from([(status.to_string(), size as u64)]),
+    }
 }
 
 /// The FAILED children of an array job, all pages (AWS paginates ListJobs; the emulator
@@ -342,7 +356,7 @@ async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Re
 
 /// One report object: a summary, or a failure report's line count and first lines.
 async fn read_report(s3: &aws_sdk_s3::Client, uri: S3Uri) -> anyhow::Result<Report> {
-    let Some(bytes) = get(s3, &uri).await? else {
+    let Some(bytes) = get_if_exists(s3, &uri).await? else {
         return Ok(Report::None);
     };
     if uri.key.ends_with(".summary.json") {
@@ -350,19 +364,8 @@ async fn read_report(s3: &aws_sdk_s3::Client, uri: S3Uri) -> anyhow::Result<Repo
             .with_context(|| format!("reading the worker summary {uri}"))?;
         Ok(Report::Summary(summary))
     } else if uri.key.ends_with(".failures.jsonl") {
-        let mut lines = Vec::new();
-        let mut count = 0u64;
-        for line in bytes
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.trim_ascii().is_empty())
-        {
-            count += 1;
-            if lines.len() < EXAMPLES {
-                let failure: FailureLine = serde_json::from_slice(line)
-                    .with_context(|| format!("reading the failure report {uri}"))?;
-                lines.push(failure);
-            }
-        }
+        let (count, lines) = read_failures(&bytes, EXAMPLES)
+            .with_context(|| format!("reading the failure report {uri}"))?;
         Ok(Report::Failures(count, lines))
     } else {
         Ok(Report::None)
@@ -373,26 +376,4 @@ enum Report {
     Summary(ChildSummary),
     Failures(u64, Vec<FailureLine>),
     None,
-}
-
-/// The object's bytes, or `None` if it does not exist.
-async fn get(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<Option<Vec<u8>>> {
-    match s3
-        .get_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .send()
-        .await
-    {
-        Ok(out) => {
-            let body = out
-                .body
-                .collect()
-                .await
-                .with_context(|| format!("reading {uri}"))?;
-            Ok(Some(body.to_vec()))
-        }
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {uri}"))),
-    }
 }

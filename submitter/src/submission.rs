@@ -7,11 +7,11 @@ use aws_config::retry::RetryConfig;
 use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, KeyValuePair, KeyValuesPair};
 use futures::{StreamExt, TryStreamExt};
 
+use embatch_aws::objects::put;
 use embatch_aws::retry::{is_throttling, is_transient_sdk_error};
 use embatch_aws::sdk_error::describe;
 use embatch_formats::manifest::{to_jsonl, ManifestLine};
 use embatch_formats::run::{env, RunLayout, RunPlan};
-use embatch_formats::s3uri::S3Uri;
 
 use crate::plan::JobSpec;
 use crate::Clients;
@@ -30,7 +30,7 @@ pub async fn write_manifests(
             put(
                 s3,
                 &layout.manifest(n),
-                to_jsonl(lines),
+                to_jsonl(lines).into(),
                 "application/x-ndjson",
             )
             .await
@@ -47,24 +47,7 @@ pub async fn write_plan(
     plan: &RunPlan,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_vec_pretty(plan).expect("a RunPlan always serialises");
-    put(s3, &layout.plan(), body, "application/json").await
-}
-
-async fn put(
-    s3: &aws_sdk_s3::Client,
-    uri: &S3Uri,
-    body: Vec<u8>,
-    content_type: &str,
-) -> anyhow::Result<()> {
-    s3.put_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .content_type(content_type)
-        .body(body.into())
-        .send()
-        .await
-        .with_context(|| format!("writing {uri}"))?;
-    Ok(())
+    put(s3, &layout.plan(), body.into(), "application/json").await
 }
 
 /// What every job of a run is told through its environment.

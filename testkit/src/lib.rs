@@ -6,6 +6,7 @@
 //!   weights, and its spec.
 //! - [`sample`]: the generated sample images (families of pictures, header-only bombs).
 //! - [`cosine`]: cosine similarity of two vectors; [`run_ok`]: a command that must succeed.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod python;
 pub mod sample;

@@ -5,6 +5,7 @@
 //! embatch-vectors --table T export --out DIR      DIR/vectors.npy (float32 [N, D]) + DIR/ids.jsonl
 //! ```
 //! Exit status: 0 on success, 1 if `get` found no item for some id, 2 on errors.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,13 +74,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let table = cli
         .table
         .context("no table: pass --table or set EMBATCH_TABLE")?;
-    let config = client::load(&AwsOptions {
+    let options = AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
-        attempt_timeout: None,
-        initial_backoff: None,
-    })
-    .await;
+        ..AwsOptions::default()
+    };
+    let config = client::load(&options).await;
     let reader = TableReader::new(client::dynamodb(&config), table.clone());
     match cli.command {
         Command::Get { ids, json } => {

@@ -5,15 +5,11 @@
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_s3::primitives::ByteStream;
-use embatch_aws::sdk_error::describe;
-use embatch_formats::report::{ChildSummary, FailureLine};
-use embatch_formats::s3uri::S3Uri;
-use indicatif::ProgressBar;
+use embatch_formats::report::FailureLine;
 use serde::Serialize;
 
 use crate::manifest::WorkItem;
@@ -29,6 +25,26 @@ pub enum Outcome {
     Failed,
 }
 
+/// Told of outcomes as they are counted: the binary's progress bar on a terminal, or nothing.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// `images` lines are to be accounted.
+    fn start(&self, images: u64);
+    /// `n` more lines have an outcome.
+    fn advance(&self, n: u64);
+    /// The stages are over (done or stopped).
+    fn finish(&self);
+}
+
+/// No display: logs only (tests, and the binary when stderr is not a terminal).
+#[derive(Debug)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
 /// Running counts of one child, shared by all stages.
 #[derive(Debug)]
 pub struct Tally {
@@ -40,7 +56,7 @@ pub struct Tally {
     report: Mutex<BufWriter<std::fs::File>>,
     /// Where the report is spooled (removed when the tally is dropped).
     report_path: tempfile::TempPath,
-    progress: ProgressBar,
+    progress: Arc<dyn Progress>,
     /// Busy time per stage, summed over parallel workers.
     pub times: StageTimes,
 }
@@ -99,13 +115,13 @@ impl Counts {
 
 impl Tally {
     /// A tally for a manifest of `images` lines; `progress` advances with each outcome.
-    pub fn new(images: u64, progress: ProgressBar) -> anyhow::Result<Tally> {
+    pub fn new(images: u64, progress: Arc<dyn Progress>) -> anyhow::Result<Tally> {
         let named = tempfile::NamedTempFile::new()
             .context("creating a temporary file for the failure report")?;
         let spool = named
             .reopen()
             .context("opening the temporary file for the failure report")?;
-        progress.set_length(images);
+        progress.start(images);
         Ok(Tally {
             images,
             written: AtomicU64::new(0),
@@ -127,7 +143,7 @@ impl Tally {
             Outcome::Failed => &self.failed,
         };
         counter.fetch_add(n, Ordering::Relaxed);
-        self.progress.inc(n);
+        self.progress.advance(n);
     }
 
     /// Records a vector computed and handed to the write stage.
@@ -170,52 +186,20 @@ impl Tally {
         }
     }
 
-    /// The progress bar (hidden when not on a terminal).
-    pub fn progress(&self) -> &ProgressBar {
-        &self.progress
+    /// Whoever follows the progress.
+    pub fn progress(&self) -> &dyn Progress {
+        &*self.progress
     }
 
-    /// Uploads the failure report to `uri` (an empty file when nothing failed, so that its
-    /// presence tells the child finished).
-    pub async fn upload_report(&self, s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<()> {
+    /// The failure report so far, flushed to its spool file: what [`crate::reports`] uploads.
+    pub fn flushed_report(&self) -> anyhow::Result<&std::path::Path> {
         self.report
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .flush()
             .context("flushing the failure report")?;
-        // From the path, not an open file: the SDK can only retry a body it can reopen.
-        let body = ByteStream::from_path(&self.report_path)
-            .await
-            .context("reading the spooled failure report")?;
-        put(s3, uri, body, "application/x-ndjson").await
+        Ok(&self.report_path)
     }
-}
-
-/// Uploads the child's summary as JSON to `uri`.
-pub async fn upload_summary(
-    s3: &aws_sdk_s3::Client,
-    uri: &S3Uri,
-    summary: &ChildSummary,
-) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(summary).context("serialising the summary")?;
-    put(s3, uri, ByteStream::from(json), "application/json").await
-}
-
-async fn put(
-    s3: &aws_sdk_s3::Client,
-    uri: &S3Uri,
-    body: ByteStream,
-    content_type: &str,
-) -> anyhow::Result<()> {
-    s3.put_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .content_type(content_type)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("writing {uri}: {}", describe(&e)))?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -238,7 +222,7 @@ mod tests {
 
     #[test]
     fn every_outcome_counts_once_and_failures_are_reported_as_json_lines() {
-        let tally = Tally::new(4, ProgressBar::hidden()).unwrap();
+        let tally = Tally::new(4, Arc::new(NoProgress)).unwrap();
         tally.add(Outcome::Written, 1);
         tally.add(Outcome::Skipped, 1);
         assert!(!tally.counts().complete());

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::primitives::ByteStream;
 use bytes::{Bytes, BytesMut};
 use embatch_aws::retry::{is_throttling, is_transient_sdk_error, RetryPolicy};
 use embatch_aws::sdk_error::{causes, describe};
@@ -252,33 +253,61 @@ impl Fetcher {
                     self.max_bytes,
                 )));
             }
-            // The object may have grown since it was listed: take the rest of its share.
-            let have = budget.num_permits() as u32;
-            let need = self.units(length);
-            if need > have {
-                let more = self
-                    .budget
-                    .clone()
-                    .acquire_many_owned(need - have)
-                    .await
-                    .map_err(|_| FetchAttempt::GaveUp("the fetch budget was closed".into()))?;
-                budget.merge(more);
-            }
+            self.reserve(budget, length).await?;
         }
         let etag = response
             .e_tag()
             .map(|t| t.trim_matches('"').to_string())
             .unwrap_or_else(|| line.etag.clone());
         let capacity = length.unwrap_or(line.size).min(self.max_bytes);
+        let bytes = self.read_body(item, response.body, capacity).await?;
+        if let Some(length) = length {
+            if bytes.len() as u64 != length {
+                return Err(FetchAttempt::Retry(format!(
+                    "reading {}: body ended after {} of {length} bytes",
+                    line.uri(),
+                    bytes.len()
+                )));
+            }
+        }
+        Ok((bytes.freeze(), etag))
+    }
+
+    /// The object may have grown since it was listed: takes the rest of its budget share.
+    async fn reserve(
+        &self,
+        budget: &mut OwnedSemaphorePermit,
+        length: u64,
+    ) -> Result<(), FetchAttempt> {
+        let have = budget.num_permits() as u32;
+        let need = self.units(length);
+        if need > have {
+            let more = self
+                .budget
+                .clone()
+                .acquire_many_owned(need - have)
+                .await
+                .map_err(|_| FetchAttempt::GaveUp("the fetch budget was closed".into()))?;
+            budget.merge(more);
+        }
+        Ok(())
+    }
+
+    /// The whole body, refused past `max_bytes`, retried when it stalls or breaks. The SDK's
+    /// attempt timeout ends with the response head; the body is ours to guard.
+    async fn read_body(
+        &self,
+        item: &WorkItem,
+        mut body: ByteStream,
+        capacity: u64,
+    ) -> Result<BytesMut, FetchAttempt> {
+        let uri = item.line.uri();
         let mut bytes = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
-        let mut body = response.body;
-        // The SDK's attempt timeout ends with the response head; the body is ours to guard.
         while let Some(chunk) = tokio::time::timeout(self.stall_timeout, body.next())
             .await
             .map_err(|_| {
                 FetchAttempt::Retry(format!(
-                    "reading {}: no data for {:?} after {} bytes",
-                    line.uri(),
+                    "reading {uri}: no data for {:?} after {} bytes",
                     self.stall_timeout,
                     bytes.len()
                 ))
@@ -286,8 +315,7 @@ impl Fetcher {
         {
             let chunk = chunk.map_err(|e| {
                 FetchAttempt::Retry(format!(
-                    "reading {} failed after {} bytes: {}",
-                    line.uri(),
+                    "reading {uri} failed after {} bytes: {}",
                     bytes.len(),
                     causes(&e)
                 ))
@@ -302,16 +330,7 @@ impl Fetcher {
             }
             bytes.extend_from_slice(&chunk);
         }
-        if let Some(length) = length {
-            if bytes.len() as u64 != length {
-                return Err(FetchAttempt::Retry(format!(
-                    "reading {}: body ended after {} of {length} bytes",
-                    line.uri(),
-                    bytes.len()
-                )));
-            }
-        }
-        Ok((bytes.freeze(), etag))
+        Ok(bytes)
     }
 }
 

@@ -13,20 +13,43 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use std::sync::Arc;
+
+use embatch_worker::accounting::Progress;
+use embatch_worker::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_sdk_s3=warn,aws_sdk_dynamodb=warn,hyper=warn,tract_core=warn,tract_onnx=warn,tract_hir=warn,tract_linalg=warn";
 
 /// The filter: `RUST_LOG` if it is set and valid, else [`DEFAULT_FILTER`].
-pub fn filter(rust_log: Option<&str>) -> EnvFilter {
+fn filter(rust_log: Option<&str>) -> EnvFilter {
     rust_log
         .and_then(|directives| EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
 }
 
-/// Installs the global subscriber and returns the progress bar (hidden unless text on a
-/// terminal).
-pub fn init(format: LogFormat) -> ProgressBar {
+/// Installs the global subscriber and returns the progress display (a bar only for text on
+/// a terminal).
+pub fn init(format: LogFormat) -> Arc<dyn Progress> {
+    Arc::new(Bar(subscribe(format)))
+}
+
+/// The worker's progress as an indicatif bar (hidden unless text on a terminal).
+#[derive(Debug)]
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, images: u64) {
+        self.0.set_length(images);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn subscribe(format: LogFormat) -> ProgressBar {
     let filter = filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
     let terminal = std::io::stderr().is_terminal();
     let json = match format {

@@ -1,10 +1,13 @@
 //! `embatch-worker`: the container entrypoint AWS Batch runs for each array child.
+#![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 use clap::Parser;
 use embatch_formats::run::exit;
 use embatch_worker::config::Config;
 use embatch_worker::resources::{JobResources, PoolPlan};
-use embatch_worker::{logging, Ending};
+use embatch_worker::Ending;
+
+mod logging;
 
 fn main() {
     // Bad flags exit 2 (clap's code, which is also `exit::PERMANENT`).

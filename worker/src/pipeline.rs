@@ -20,10 +20,9 @@ use embatch_engine::{Engine, EngineOptions, ModelSpec};
 use embatch_formats::report::ChildSummary;
 use embatch_records::reader::TableReader;
 use embatch_records::writer::{TableWriter, WriterConfig, MAX_BATCH_WRITE_ITEMS};
-use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
-use crate::accounting::{self, Counts, Tally};
+use crate::accounting::{Counts, Progress, Tally};
 use crate::config::Config;
 use crate::fetch::{DeniedRun, Fetcher};
 use crate::infer::{Embedder, RunProvenance};
@@ -47,7 +46,12 @@ pub struct StageContext {
 }
 
 /// Runs the child to its end: every line accounted and the report written, or stopped.
-pub async fn run(config: &Config, plan: &PoolPlan, progress: ProgressBar, stop: Stop) -> Ending {
+pub async fn run(
+    config: &Config,
+    plan: &PoolPlan,
+    progress: Arc<dyn Progress>,
+    stop: Stop,
+) -> Ending {
     let started = Instant::now();
     match run_inner(config, plan, progress, &stop, started).await {
         Ok(ending) => ending,
@@ -58,7 +62,7 @@ pub async fn run(config: &Config, plan: &PoolPlan, progress: ProgressBar, stop: 
 async fn run_inner(
     config: &Config,
     plan: &PoolPlan,
-    progress: ProgressBar,
+    progress: Arc<dyn Progress>,
     stop: &Stop,
     started: Instant,
 ) -> Result<Ending, Fatal> {
@@ -79,7 +83,7 @@ async fn run_inner(
     let ticker = tokio::spawn(log_progress(tally.clone(), started));
     let stages = run_stages(config, plan, &clients, manifest, engine, cx).await;
     ticker.abort();
-    tally.progress().finish_and_clear();
+    tally.progress().finish();
     stages?;
     finish(config, &clients.s3, &tally, stop, started).await
 }
@@ -324,9 +328,8 @@ async fn finish(
             counts.images
         )));
     }
-    let (n, layout) = (config.manifest_number(), config.layout());
     let summary = ChildSummary {
-        manifest: n,
+        manifest: config.manifest_number(),
         images: counts.images,
         written: counts.written,
         skipped: counts.skipped,
@@ -334,11 +337,7 @@ async fn finish(
         seconds: started.elapsed().as_secs_f64(),
         job_id: config.job_id.clone(),
     };
-    tally
-        .upload_report(s3, &layout.failures(n))
-        .await
-        .map_err(Fatal::Transient)?;
-    accounting::upload_summary(s3, &layout.summary(n), &summary)
+    crate::reports::upload(s3, &config.layout(), tally, &summary)
         .await
         .map_err(Fatal::Transient)?;
     log_summary(tally, started, "done");

@@ -409,9 +409,10 @@ resource "aws_batch_job_definition" "worker" {
     }
   })
 
-  # Exit codes (embatch_records::run::exit): 75 = transient infrastructure failure, 143 =
-  # SIGTERM after flushing; 2 (bad configuration, access denied) and anything else is permanent
-  # and must not be retried.
+  # Exit codes (embatch_formats::run::exit): 75 = transient infrastructure failure, 143 =
+  # SIGTERM after flushing; 2 (bad configuration, access denied) and anything else is
+  # permanent and must not be retried. The rules are embatch_formats::run::retry_strategy's,
+  # checked by tests/tests/retry_strategy.rs.
   retry_strategy {
     attempts = var.retry_attempts
     evaluate_on_exit {
