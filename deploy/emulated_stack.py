@@ -4,9 +4,10 @@ the stack's outputs (images uploaded, `embatch submit`, every array child run th
 would run it, vectors and reports read back).
 
 moto never runs a job (Batch `use_docker` is off): every submitted job is SUCCEEDED inside
-SubmitJob. The player here reads the submitted jobs back and starts the worker once per array
-child with the environment AWS Batch would set: the job definition's environment, the
-submitter's container overrides, AWS_BATCH_JOB_ID and AWS_BATCH_JOB_ARRAY_INDEX.
+SubmitJob. The children to start, with the environment AWS Batch would set (the job
+definition's environment, the submitter's container overrides, AWS_BATCH_JOB_ID and
+AWS_BATCH_JOB_ARRAY_INDEX), come from the Rust Batch player's `batch-children` binary; the
+caller starts each one (a process, or a container).
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def check(cond: bool, what: str) -> None:
     if not cond:
         raise Failed(what)
     print(f"  ok  {what}", flush=True)
+
+
+def run_checks(main: Callable[[], None], name: str) -> None:
+    """Runs a check script's `main`: exit 0 and "passed" when every check passes, 1 and the
+    failed check's message otherwise."""
+    try:
+        main()
+    except Failed as e:
+        print(f"{name}: FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{name}: passed")
 
 
 def free_port() -> int:
@@ -214,28 +226,20 @@ def status(url: str, out: dict, run_id: str, *flags: str) -> tuple[int, dict]:
         raise Failed(f"embatch status exited {done.returncode}: {done.stderr.strip()}")
 
 
-def children(c: dict, job_ids: list[str]) -> list[Child]:
-    """Every child of the submitted jobs, with the environment AWS Batch would set: the job
-    definition's environment overlaid with the job's container overrides, plus
-    AWS_BATCH_JOB_ID and AWS_BATCH_JOB_ARRAY_INDEX."""
-    batch = c["batch"]
-    jobs = batch.describe_jobs(jobs=job_ids)["jobs"]
-    check(sorted(j["jobId"] for j in jobs) == sorted(job_ids), f"Batch knows the {len(job_ids)} submitted job(s)")
-    result = []
-    for job in jobs:
-        definition = batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]
-        env = {e["name"]: str(e["value"]) for e in definition["containerProperties"].get("environment", [])}
-        # moto adds its own AWS_BATCH_* variables; those are the runner's to set.
-        env.update({e["name"]: e["value"] for e in job.get("container", {}).get("environment", [])
-                    if not e["name"].startswith("AWS_BATCH_")})
-        size = job.get("arrayProperties", {}).get("size")
-        if size is None:
-            result.append(Child(job["jobId"], None, {**env, "AWS_BATCH_JOB_ID": job["jobId"]}))
-        else:
-            for i in range(size):
-                result.append(Child(f"{job['jobId']}:{i}", i, {
-                    **env, "AWS_BATCH_JOB_ID": f"{job['jobId']}:{i}", "AWS_BATCH_JOB_ARRAY_INDEX": str(i)}))
-    return result
+def children(url: str, job_ids: list[str]) -> list[Child]:
+    """Every child of the submitted jobs, with the environment AWS Batch would set (the job
+    definition's environment overlaid with the job's container overrides, AWS_BATCH_JOB_ID,
+    AWS_BATCH_JOB_ARRAY_INDEX), as the Rust Batch player computes it: the `batch-children`
+    binary (embatch_localaws::batch::children)."""
+    cmd = [str(ROOT / "target" / "release" / "batch-children"), *job_ids]
+    env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": url, "AWS_REGION": REGION}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise Failed(f"batch-children exited {done.returncode}: {done.stderr.strip()}")
+    kids = [json.loads(line) for line in done.stdout.splitlines() if line]
+    parents = {k["job_id"].split(":")[0] for k in kids}
+    check(parents == set(job_ids), f"Batch knows the {len(job_ids)} submitted job(s)")
+    return [Child(k["job_id"], k["array_index"], k["env"]) for k in kids]
 
 
 def vectors(c: dict, table: str) -> dict[str, dict]:
@@ -271,7 +275,7 @@ def end_to_end(c: dict, url: str, out: dict, run_child: Callable[[Child], subpro
     check(summary["manifests"] == manifests, f"{manifests} manifests of <= {images_per_job} images")
     check(summary["run_uri"].startswith(out["RunRoot"]), f"run kept under RunRoot: {summary['run_uri']}")
 
-    kids = children(c, [j["job_id"] for j in summary["jobs"]])
+    kids = children(url, [j["job_id"] for j in summary["jobs"]])
     check(len(kids) == manifests, f"{len(kids)} array children, one per manifest")
     for kid in kids:
         done = run_child(kid)

@@ -18,7 +18,8 @@ import sys
 from typing import Callable
 
 from emulated_stack import (REGION, ROOT, STACK, CREDENTIALS, Child, Failed, check, clients, create_network,
-                            create_stack, end_to_end, load_template, moto_server, test_model_spec)
+                            create_stack, end_to_end, load_template, moto_server, run_checks,
+                            test_model_spec)
 
 # Resource types / properties moto accepts but does not apply (checked by cfn-lint and checkov
 # instead, and printed by this script so nobody mistakes the emulator for proof).
@@ -228,17 +229,17 @@ def host_worker(url: str) -> "Callable[[Child], subprocess.CompletedProcess]":
     return run
 
 
-def main() -> int:
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--no-e2e", action="store_true",
                     help="only create and check the stack (no submitter/worker run)")
     args = ap.parse_args()
     prefixes = ["images/", "more/images/"]
     if not args.no_e2e:
-        for binary in ("embatch", "embatch-worker"):
+        for binary in ("embatch", "embatch-worker", "batch-children"):
             if not (ROOT / "target" / "release" / binary).is_file():
                 raise Failed(f"target/release/{binary} is missing: "
-                             "cargo build --release -p embatch-submitter -p embatch-worker")
+                             "cargo build --release --workspace --bins")
         spec = test_model_spec()
     with moto_server() as url:
         c = clients(url)
@@ -250,13 +251,7 @@ def main() -> int:
         if not args.no_e2e:
             print("end to end against the stack's outputs (submitter + worker binaries):")
             end_to_end(c, url, out, host_worker(url), model_spec=str(spec))
-    print("deploy/test-stack: passed")
-    return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failed as e:
-        print(f"deploy/test-stack: FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main, "deploy/test-stack")

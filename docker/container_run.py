@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "deploy"))
 
-from emulated_stack import (CREDENTIALS, ROOT, Child, Failed, check, clients,  # noqa: E402
+from emulated_stack import (CREDENTIALS, ROOT, Child, check, clients, run_checks,  # noqa: E402
                             create_network, create_stack, end_to_end, make_images, moto_server,
                             test_model_spec)
 
@@ -130,7 +130,7 @@ def check_outputs() -> None:
           + (f": {leaks[:5]}" if leaks else ""))
 
 
-def main() -> int:
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("image", help="the worker image to run, e.g. localhost/embatch-worker:ci")
     args = ap.parse_args()
@@ -186,13 +186,7 @@ def main() -> int:
         shutil.rmtree(tampered, ignore_errors=True)
     check_read_only(args.image)
     check_outputs()
-    print("docker/container_run: passed")
-    return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failed as e:
-        print(f"docker/container_run: FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main, "docker/container_run")

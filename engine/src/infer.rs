@@ -4,14 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::decode::ImageError;
 use crate::limits::Limits;
 use crate::preprocess::Prepared;
-use crate::spec::{EmbeddingSelector, Layout, ModelSpec};
+use crate::spec::{EmbeddingSelector, Layout, ModelFileError, ModelSpec};
 
 /// Batch size of one inference run, chosen by measurement (`examples/bench.rs`, see
 /// BENCHMARKS.md "## Engine"): tract's single-threaded convolutions are fastest per image at
@@ -139,7 +138,18 @@ impl Engine {
             file: file.clone(),
             message,
         };
-        let bytes = read_verified(spec)?;
+        let bytes = spec.read_model().map_err(|e| match e {
+            ModelFileError::Io { file, source } => EngineError::Io { file, source },
+            ModelFileError::ShaMismatch {
+                file,
+                expected,
+                actual,
+            } => EngineError::ShaMismatch {
+                file,
+                expected,
+                actual,
+            },
+        })?;
         let onnx = tract_onnx::onnx();
         let proto = onnx
             .proto_model_for_read(&mut bytes.as_slice())
@@ -244,24 +254,6 @@ impl Engine {
         let out = view.as_slice::<f32>().map_err(infer_err)?;
         Ok(out.to_vec())
     }
-}
-
-/// The model file's bytes, refused unless their sha256 is the spec's.
-fn read_verified(spec: &ModelSpec) -> Result<Vec<u8>, EngineError> {
-    let file = &spec.file;
-    let bytes = std::fs::read(file).map_err(|source| EngineError::Io {
-        file: file.clone(),
-        source,
-    })?;
-    let actual = hex::encode(Sha256::digest(&bytes));
-    if actual != spec.sha256 {
-        return Err(EngineError::ShaMismatch {
-            file: file.clone(),
-            expected: spec.sha256.clone(),
-            actual,
-        });
-    }
-    Ok(bytes)
 }
 
 /// The embedding tensor's name (logged with its node), after checking that the graph's only

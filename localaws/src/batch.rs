@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -39,6 +40,7 @@ use aws_sdk_batch::types::{
     ResourceRequirement, ResourceType, RetryAction, RetryStrategy,
 };
 use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use embatch_formats::run::retry_strategy::{self, On};
@@ -228,7 +230,7 @@ impl Player {
         batch: &aws_sdk_batch::Client,
         job_ids: &[String],
     ) -> anyhow::Result<Vec<ChildRun>> {
-        let children = self.children(batch, job_ids).await?;
+        let children = children(batch, job_ids).await?;
         let mut runs: Vec<(usize, ChildRun)> =
             futures::stream::iter(children.into_iter().enumerate())
                 .map(|(i, child)| async move { self.run_child(child).await.map(|r| (i, r)) })
@@ -239,66 +241,6 @@ impl Player {
         Ok(runs.into_iter().map(|(_, r)| r).collect())
     }
 
-    /// Every child of the jobs, with its environment.
-    async fn children(
-        &self,
-        batch: &aws_sdk_batch::Client,
-        job_ids: &[String],
-    ) -> anyhow::Result<Vec<Child>> {
-        let mut children = Vec::new();
-        for ids in job_ids.chunks(100) {
-            let out = batch
-                .describe_jobs()
-                .set_jobs(Some(ids.to_vec()))
-                .send()
-                .await
-                .context("describing the jobs to play")?;
-            for id in ids {
-                let job = out
-                    .jobs()
-                    .iter()
-                    .find(|j| j.job_id() == Some(id.as_str()))
-                    .with_context(|| format!("job {id} is unknown to AWS Batch"))?;
-                // The emulator appends its own AWS_BATCH_JOB_ID; Batch's variables are ours to set.
-                let job_env: Vec<(String, String)> = job
-                    .container()
-                    .map(|c| c.environment())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|kv| Some((kv.name()?.to_string(), kv.value()?.to_string())))
-                    .filter(|(k, _)| !k.starts_with("AWS_BATCH_"))
-                    .collect();
-                let offset = job_env
-                    .iter()
-                    .find(|(k, _)| k == env::MANIFEST_OFFSET)
-                    .map(|(k, v)| {
-                        v.parse::<usize>()
-                            .with_context(|| format!("job {id}: {k}={v:?}"))
-                    })
-                    .transpose()?;
-                match job.array_properties().and_then(|a| a.size()) {
-                    Some(size) => {
-                        for index in 0..size as usize {
-                            children.push(Child {
-                                job_id: format!("{id}:{index}"),
-                                array_index: Some(index),
-                                manifest: offset.map(|o| o + index),
-                                env: job_env.clone(),
-                            });
-                        }
-                    }
-                    None => children.push(Child {
-                        job_id: id.clone(),
-                        array_index: None,
-                        manifest: offset,
-                        env: job_env,
-                    }),
-                }
-            }
-        }
-        Ok(children)
-    }
-
     async fn run_child(&self, child: Child) -> anyhow::Result<ChildRun> {
         let mut command = tokio::process::Command::new(&self.program);
         command
@@ -306,15 +248,11 @@ impl Player {
             .env_clear()
             .envs(std::env::var_os("PATH").map(|p| (std::ffi::OsString::from("PATH"), p)))
             .envs(self.env.iter().cloned())
-            .envs(child.env.iter().cloned())
-            .env(env::JOB_ID, &child.job_id)
+            .envs(child.env.iter())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(index) = child.array_index {
-            command.env(env::ARRAY_INDEX, index.to_string());
-        }
         let output = command
             .output()
             .await
@@ -330,12 +268,118 @@ impl Player {
     }
 }
 
-/// A child to run.
-struct Child {
-    job_id: String,
-    array_index: Option<usize>,
-    manifest: Option<usize>,
-    env: Vec<(String, String)>,
+/// One array child (or plain job) as AWS Batch would start it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Child {
+    /// `<job id>:<index>` for an array child, the job id for a plain job.
+    pub job_id: String,
+    /// `AWS_BATCH_JOB_ARRAY_INDEX`, for an array child.
+    pub array_index: Option<usize>,
+    /// The manifest it embeds (the job's manifest offset plus the index), if the job says.
+    pub manifest: Option<usize>,
+    /// The job definition's environment overlaid with the job's container overrides, and
+    /// Batch's own `AWS_BATCH_JOB_ID` and `AWS_BATCH_JOB_ARRAY_INDEX`.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Every child of the jobs, in job and index order, with the environment AWS Batch would
+/// give it (DescribeJobs, and DescribeJobDefinitions for each definition's environment).
+/// The Python stack test (`deploy/emulated_stack.py`) reads them from the `batch-children`
+/// binary, so that both players start the same children the same way.
+pub async fn children(
+    batch: &aws_sdk_batch::Client,
+    job_ids: &[String],
+) -> anyhow::Result<Vec<Child>> {
+    let mut definitions = BTreeMap::new();
+    let mut children = Vec::new();
+    for ids in job_ids.chunks(100) {
+        let out = batch
+            .describe_jobs()
+            .set_jobs(Some(ids.to_vec()))
+            .send()
+            .await
+            .context("describing the jobs to play")?;
+        for id in ids {
+            let job = out
+                .jobs()
+                .iter()
+                .find(|j| j.job_id() == Some(id.as_str()))
+                .with_context(|| format!("job {id} is unknown to AWS Batch"))?;
+            let mut job_env = definition_env(batch, &mut definitions, job).await?;
+            job_env.extend(pairs(job.container().map(|c| c.environment())));
+            job_children(id, job, job_env, &mut children)?;
+        }
+    }
+    Ok(children)
+}
+
+/// The environment of the job's definition, described once per definition.
+async fn definition_env(
+    batch: &aws_sdk_batch::Client,
+    cache: &mut BTreeMap<String, BTreeMap<String, String>>,
+    job: &aws_sdk_batch::types::JobDetail,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let name = job.job_definition().unwrap_or_default().to_string();
+    if !cache.contains_key(&name) {
+        let out = batch
+            .describe_job_definitions()
+            .job_definitions(&name)
+            .send()
+            .await
+            .with_context(|| format!("describing job definition {name}"))?;
+        let env = out
+            .job_definitions()
+            .first()
+            .and_then(|d| d.container_properties());
+        cache.insert(name.clone(), pairs(env.map(|c| c.environment())));
+    }
+    Ok(cache[&name].clone())
+}
+
+/// Name-value pairs of a container environment, without Batch's own variables (the emulator
+/// adds its AWS_BATCH_JOB_ID; those are the player's to set).
+fn pairs(env: Option<&[aws_sdk_batch::types::KeyValuePair]>) -> BTreeMap<String, String> {
+    env.unwrap_or_default()
+        .iter()
+        .filter_map(|kv| Some((kv.name()?.to_string(), kv.value()?.to_string())))
+        .filter(|(k, _)| !k.starts_with("AWS_BATCH_"))
+        .collect()
+}
+
+/// The children of one job: one per array index, or the job itself.
+fn job_children(
+    id: &str,
+    job: &aws_sdk_batch::types::JobDetail,
+    job_env: BTreeMap<String, String>,
+    children: &mut Vec<Child>,
+) -> anyhow::Result<()> {
+    let offset = job_env
+        .get(env::MANIFEST_OFFSET)
+        .map(|v| {
+            v.parse::<usize>()
+                .with_context(|| format!("job {id}: {}={v:?}", env::MANIFEST_OFFSET))
+        })
+        .transpose()?;
+    let child = |job_id: String, index: Option<usize>| {
+        let mut env = job_env.clone();
+        env.insert(env::JOB_ID.to_string(), job_id.clone());
+        if let Some(i) = index {
+            env.insert(env::ARRAY_INDEX.to_string(), i.to_string());
+        }
+        Child {
+            job_id,
+            array_index: index,
+            manifest: offset.map(|o| o + index.unwrap_or(0)),
+            env,
+        }
+    };
+    match job.array_properties().and_then(|a| a.size()) {
+        Some(size) => {
+            children.extend((0..size as usize).map(|i| child(format!("{id}:{i}"), Some(i))))
+        }
+        None => children.push(child(id.to_string(), None)),
+    }
+    Ok(())
 }
 
 /// Creates an IAM role in the emulator and returns its ARN. The IAM query API is called

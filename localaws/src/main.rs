@@ -22,6 +22,8 @@ use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::Emulator;
 use embatch_localaws::{batch, bins, python, sample, test_model};
+use embatch_prepare::spec::{ModelFileError, ModelSpec};
+use embatch_records::nearest::Index;
 use embatch_records::vector::VectorRecord;
 use embatch_records::{reader::TableReader, table};
 
@@ -256,33 +258,13 @@ fn choose_model(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// Whether the spec's model file exists and matches the spec's sha256.
+/// Whether the spec's model file is there; an error if it is there but not the spec's file.
 fn model_in_place(spec: &Path) -> anyhow::Result<bool> {
-    use sha2::Digest;
-    let text =
-        std::fs::read_to_string(spec).with_context(|| format!("reading {}", spec.display()))?;
-    let value: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
-    let field = |name: &str| value.get(name).and_then(|v| v.as_str());
-    let (Some(file), Some(sha)) = (field("file"), field("sha256")) else {
-        bail!("{} lacks `file` or `sha256`", spec.display());
-    };
-    let path = spec.parent().unwrap_or(Path::new(".")).join(file);
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(false);
-    };
-    let actual = hex_lower(&sha2::Sha256::digest(&bytes));
-    if actual != sha {
-        bail!(
-            "{} has sha256 {actual}, but {} says {sha}: fetch it again with models/fetch",
-            path.display(),
-            spec.display()
-        );
+    match ModelSpec::from_path(spec)?.read_model() {
+        Ok(_) => Ok(true),
+        Err(ModelFileError::Io { .. }) => Ok(false),
+        Err(e) => bail!("{e}: fetch it again with models/fetch"),
     }
-    Ok(true)
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `(relative name, bytes)` of every file under `dir`, or the generated sample set.
@@ -412,43 +394,42 @@ fn print_report(r: &Report) {
     print_neighbours(r.records, r.show);
 }
 
-/// Cosine nearest neighbours: a few images in full, and for all images how often the
-/// nearest neighbour has the same label, the name of its folder (sample set: the family).
+/// Cosine nearest neighbours (`embatch_records::nearest`, as `embatch-vectors nearest`): a
+/// few images in full, and for all images how often the nearest neighbour has the same label,
+/// the name of its folder (sample set: the family).
 fn print_neighbours(records: &[VectorRecord], show: usize) {
     if records.len() < 2 {
         return;
     }
-    let mut sorted: Vec<&VectorRecord> = records.iter().collect();
-    sorted.sort_by(|a, b| a.image_id.cmp(&b.image_id));
-    let unit: Vec<Vec<f32>> = sorted.iter().map(|r| normalised(&r.vector)).collect();
+    let mut ids: Vec<&str> = records.iter().map(|r| r.image_id.as_str()).collect();
+    ids.sort_unstable();
+    let index = match Index::from_records(records.to_vec()) {
+        Ok(index) => index,
+        Err(e) => return eprintln!("no nearest neighbours: {e}"),
+    };
+    let nearest = |id: &str, k| index.nearest_to(id, k).unwrap_or_default();
     // The label of an image is the name of the folder it is in (`train/ants/1.jpg` → `ants`).
     let folder = |id: &str| {
         let dir = id.rsplit_once('/').map(|(d, _)| d).unwrap_or_default();
         dir.rsplit('/').next().unwrap_or_default().to_string()
     };
-    let neighbours = |i: usize| -> Vec<(usize, f32)> {
-        let mut sims: Vec<(usize, f32)> = (0..unit.len())
-            .filter(|&j| j != i)
-            .map(|j| (j, unit[i].iter().zip(&unit[j]).map(|(a, b)| a * b).sum()))
-            .collect();
-        sims.sort_by(|a, b| b.1.total_cmp(&a.1));
-        sims
-    };
     println!("\nnearest neighbours (cosine similarity):");
-    let step = (sorted.len() / show.max(1)).max(1);
-    for i in (0..sorted.len()).step_by(step).take(show) {
-        println!("  {}", sorted[i].image_id);
-        for (j, sim) in neighbours(i).into_iter().take(3) {
-            println!("      {sim:.4}  {}", sorted[j].image_id);
+    let step = (ids.len() / show.max(1)).max(1);
+    for id in ids.iter().step_by(step).take(show) {
+        println!("  {id}");
+        for n in nearest(id, 3) {
+            println!("      {:.4}  {}", n.similarity, n.image_id);
         }
     }
     let mut same: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for i in 0..sorted.len() {
-        let j = neighbours(i)[0].0;
-        let f = folder(&sorted[i].image_id);
+    for id in &ids {
+        let f = folder(id);
         let e = same.entry(f.clone()).or_default();
         e.1 += 1;
-        if folder(&sorted[j].image_id) == f {
+        if nearest(id, 1)
+            .first()
+            .is_some_and(|n| folder(&n.image_id) == f)
+        {
             e.0 += 1;
         }
     }
@@ -460,16 +441,6 @@ fn print_neighbours(records: &[VectorRecord], show: usize) {
     for (f, (h, t)) in &same {
         println!("  {f:<40} {h}/{t}");
     }
-}
-
-fn normalised(v: &[f32]) -> Vec<f32> {
-    let norm = v
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::MIN_POSITIVE);
-    v.iter().map(|x| x / norm).collect()
 }
 
 fn tail(text: &str, lines: usize) -> String {

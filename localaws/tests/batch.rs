@@ -1,21 +1,29 @@
 //! The Batch player against the emulator, with `/bin/sh` standing in for the worker.
 
-use aws_sdk_batch::types::{ArrayProperties, ContainerOverrides, KeyValuePair};
-use embatch_localaws::batch::{create_resources, Player};
+use std::collections::BTreeMap;
+
+use aws_sdk_batch::types::{
+    ArrayProperties, ContainerOverrides, ContainerProperties, JobDefinitionType, KeyValuePair,
+    ResourceRequirement, ResourceType,
+};
+use embatch_localaws::batch::{children, create_resources, BatchResources, Player};
 use embatch_localaws::Emulator;
 
 fn kv(name: &str, value: &str) -> KeyValuePair {
     KeyValuePair::builder().name(name).value(value).build()
 }
 
-#[tokio::test]
-async fn every_child_runs_with_the_environment_batch_would_give_it() {
+/// An emulator with a queue and a job definition (`create_resources`), and a Batch client.
+async fn batch_in_emulator(prefix: &str) -> (Emulator, BatchResources, aws_sdk_batch::Client) {
     let emulator = Emulator::start().unwrap();
     let config = emulator.sdk_config().await;
-    let resources = create_resources(&emulator, &config, "player")
-        .await
-        .unwrap();
-    let batch = aws_sdk_batch::Client::new(&config);
+    let resources = create_resources(&emulator, &config, prefix).await.unwrap();
+    (emulator, resources, aws_sdk_batch::Client::new(&config))
+}
+
+#[tokio::test]
+async fn every_child_runs_with_the_environment_batch_would_give_it() {
+    let (emulator, resources, batch) = batch_in_emulator("player").await;
 
     let submit = |name: &str, offset: &str, size: Option<i32>| {
         let mut request = batch
@@ -73,6 +81,68 @@ async fn every_child_runs_with_the_environment_batch_would_give_it() {
     }
     assert_eq!(runs[1].stderr.trim(), "transient");
     assert_eq!(runs[1].job_id, format!("{array}:1"));
+}
+
+/// What the Python stack test reads from `batch-children`: the job definition's environment,
+/// overridden by the job's, with Batch's own variables; the emulator's AWS_BATCH_* dropped.
+#[tokio::test]
+async fn a_childs_environment_is_the_definitions_overlaid_with_the_jobs_overrides() {
+    let (_emulator, resources, batch) = batch_in_emulator("env").await;
+    let resource = |kind, value: &str| {
+        ResourceRequirement::builder()
+            .r#type(kind)
+            .value(value)
+            .build()
+    };
+    batch
+        .register_job_definition()
+        .job_definition_name("with-env")
+        .r#type(JobDefinitionType::Container)
+        .container_properties(
+            ContainerProperties::builder()
+                .image("embatch-worker:local")
+                .resource_requirements(resource(ResourceType::Vcpu, "1"))
+                .resource_requirements(resource(ResourceType::Memory, "512"))
+                .environment(kv("FROM_DEFINITION", "kept"))
+                .environment(kv("FOO", "overridden"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let job = batch
+        .submit_job()
+        .job_name("env")
+        .job_queue(&resources.job_queue)
+        .job_definition("with-env")
+        .array_properties(ArrayProperties::builder().size(2).build())
+        .container_overrides(
+            ContainerOverrides::builder()
+                .environment(kv("FOO", "from-job"))
+                .environment(kv("EMBATCH_MANIFEST_OFFSET", "4"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = job.job_id().unwrap().to_string();
+
+    let got = children(&batch, std::slice::from_ref(&id)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    for (i, child) in got.iter().enumerate() {
+        let expected: BTreeMap<String, String> = [
+            ("AWS_BATCH_JOB_ARRAY_INDEX", i.to_string()),
+            ("AWS_BATCH_JOB_ID", format!("{id}:{i}")),
+            ("EMBATCH_MANIFEST_OFFSET", "4".to_string()),
+            ("FOO", "from-job".to_string()),
+            ("FROM_DEFINITION", "kept".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(child.env, expected, "child {i}");
+        assert_eq!((child.array_index, child.manifest), (Some(i), Some(4 + i)));
+    }
 }
 
 #[tokio::test]

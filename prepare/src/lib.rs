@@ -26,8 +26,8 @@ pub use decode::{ImageError, BACKGROUND};
 pub use limits::Limits;
 pub use preprocess::Prepared;
 pub use spec::{
-    ChannelOrder, EmbeddingSelector, InputSpec, Interpolation, Layout, ModelSpec, PreprocessSpec,
-    SpecError,
+    ChannelOrder, EmbeddingSelector, InputSpec, Interpolation, Layout, ModelFileError, ModelSpec,
+    PreprocessSpec, SpecError,
 };
 
 /// Decodes and preprocesses one encoded image for the model `spec` describes: the whole of

@@ -168,7 +168,7 @@ pub struct ModelSpec {
     pub name: String,
     /// Where `models/fetch` downloads the model from.
     pub source_url: String,
-    /// Expected sha256 of the model file, lowercase hex. Verified by `embatch_engine::Engine::load`.
+    /// Expected sha256 of the model file, lowercase hex. Verified by [`ModelSpec::read_model`].
     pub sha256: String,
     /// The model file, resolved against the spec file's directory.
     pub file: PathBuf,
@@ -180,6 +180,29 @@ pub struct ModelSpec {
     pub embedding: EmbeddingSelector,
     /// Expected embedding dimension (elements per image once flattened).
     pub dimension: usize,
+}
+
+/// The model file cannot be used: unreadable, or not the file the spec names.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    /// The model file cannot be read (e.g. not fetched yet).
+    #[error("cannot read model {}: {source}", file.display())]
+    Io {
+        /// The model file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file's sha256 is not the spec's.
+    #[error("model {} has sha256 {actual}, but the spec says {expected}", file.display())]
+    ShaMismatch {
+        /// The model file.
+        file: PathBuf,
+        /// sha256 from the spec.
+        expected: String,
+        /// sha256 of the file.
+        actual: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -204,6 +227,24 @@ struct RawEmbedding {
 }
 
 impl ModelSpec {
+    /// The model file's bytes, refused unless their sha256 is the spec's.
+    pub fn read_model(&self) -> Result<Vec<u8>, ModelFileError> {
+        use sha2::Digest;
+        let bytes = std::fs::read(&self.file).map_err(|source| ModelFileError::Io {
+            file: self.file.clone(),
+            source,
+        })?;
+        let actual = hex::encode(sha2::Sha256::digest(&bytes));
+        if actual != self.sha256 {
+            return Err(ModelFileError::ShaMismatch {
+                file: self.file.clone(),
+                expected: self.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
     /// Reads and validates a spec file. The model file itself is not opened here
     /// (`embatch_engine::Engine::load` verifies it).
     pub fn from_path(path: &Path) -> Result<ModelSpec, SpecError> {

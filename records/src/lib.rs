@@ -3,6 +3,7 @@
 //! - [`writer`]: the batched, retrying table writer the worker uses.
 //! - [`reader`]: reading vectors back by id or as a stream of the whole table.
 //! - [`export`]: the whole table as a `.npy` matrix plus an ids file.
+//! - [`nearest`]: exact cosine nearest neighbours over the table or an export, in memory.
 //! - [`table`]: creating the table (tests and the local run).
 //!
 //! Clients come from `embatch_aws::config`, retries follow `embatch_aws::retry`. This crate
@@ -14,6 +15,7 @@
 pub use embatch_aws::client;
 
 pub mod export;
+pub mod nearest;
 pub mod reader;
 pub mod table;
 pub mod vector;

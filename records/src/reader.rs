@@ -8,14 +8,10 @@
 //! [`RetryPolicy`] (see [`embatch_aws::retry`]). A stored item that is not a valid vector is an
 //! [`ItemError`] naming it, never a panic or a wrong vector.
 //!
-//! ```
+//! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
-//! # // Runs against the local emulator; in production the client comes from
-//! # // `embatch_aws::client::dynamodb(&embatch_aws::client::load(&Default::default()).await)`.
-//! # let emulator = embatch_localaws::Emulator::start()?;
-//! # let client = aws_sdk_dynamodb::Client::new(&emulator.sdk_config().await);
-//! # embatch_records::table::create_table(&client, "embatch-vectors").await?;
+//! use embatch_records::client::{self, AwsOptions};
 //! use embatch_records::reader::TableReader;
 //! use embatch_records::vector::{VectorMetadata, VectorRecord};
 //! use embatch_records::writer::{TableWriter, WriterConfig};
@@ -26,11 +22,12 @@
 //!     vector: vec![0.25; 512],
 //!     meta: VectorMetadata { source_uri: Some("s3://photos/images/cat.jpg".into()), ..Default::default() },
 //! };
-//! TableWriter::new(client.clone(), "embatch-vectors", WriterConfig::default())
+//! let dynamodb = client::dynamodb(&client::load(&AwsOptions::default()).await);
+//! TableWriter::new(dynamodb.clone(), "embatch-vectors", WriterConfig::default())
 //!     .write(vec![cat])
 //!     .await?;
 //!
-//! let reader = TableReader::new(client, "embatch-vectors");
+//! let reader = TableReader::new(dynamodb, "embatch-vectors");
 //! let fetched = reader.get(&["images/cat.jpg", "images/dog.jpg"]).await?;
 //! let v: &[f32] = fetched.vector("images/cat.jpg").expect("stored above");
 //! assert_eq!(v.len(), 512);

@@ -228,3 +228,77 @@ async fn get_prints_json_lines_and_fails_for_missing_ids() {
     assert_eq!(no_table.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_table.stderr).contains("--table"));
 }
+
+/// Finite pseudo-random values (the fixture's vectors hold NaN and infinities on purpose).
+fn finite(dimension: usize, seed: u64) -> Vec<f32> {
+    (0..dimension as u64)
+        .map(|j| ((seed * 7919 + j * 104_729 + seed * j * 31) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// numpy's answer: the `k` rows most similar to `id`'s by cosine, itself left out, as JSON
+/// `[[id, similarity], ...]`.
+const NUMPY_NEAREST: &str = r#"
+import json, sys
+import numpy as np
+folder, target, k = sys.argv[1], sys.argv[2], int(sys.argv[3])
+x = np.load(folder + "/vectors.npy").astype(np.float64)
+ids = [json.loads(line) for line in open(folder + "/ids.jsonl", encoding="utf-8")]
+unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+i = ids.index(target)
+sims = unit @ unit[i]
+sims[i] = -np.inf
+order = np.argsort(-sims, kind="stable")[:k]
+print(json.dumps([[ids[j], float(sims[j])] for j in order]))
+"#;
+
+#[tokio::test]
+async fn nearest_from_the_table_and_from_an_export_agree_with_numpy() {
+    let s = Cloud::start().await;
+    let written: Vec<VectorRecord> = (0..60)
+        .map(|i| {
+            let mut r = record(&format!("nn/{i:03}.jpg"), 64, i);
+            r.vector = finite(64, i);
+            r
+        })
+        .collect();
+    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
+        .write(written)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    stdout(cli(&s).args(["export", "--out", folder]));
+
+    let args = ["nearest", "nn/007.jpg", "-k", "5", "--json"];
+    let from_table = stdout(cli(&s).args(args));
+    // An export needs no table.
+    let from_export = stdout(
+        Command::new(env!("CARGO_BIN_EXE_embatch-vectors"))
+            .args(args)
+            .args(["--export", folder]),
+    );
+    assert_eq!(from_table, from_export);
+    let ours: Vec<Value> = from_table
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let theirs: Vec<(String, f64)> = serde_json::from_str(&stdout(python().args([
+        "-c",
+        NUMPY_NEAREST,
+        folder,
+        "nn/007.jpg",
+        "5",
+    ])))
+    .unwrap();
+    assert_eq!(ours.len(), 5);
+    for (ours, (id, sim)) in ours.iter().zip(&theirs) {
+        assert_eq!(ours["image_id"], id.as_str(), "{from_table}");
+        let got = ours["similarity"].as_f64().unwrap();
+        assert!((got - sim).abs() < 1e-5, "{id}: {got} vs numpy {sim}");
+    }
+
+    let unknown = cli(&s).args(["nearest", "nope.jpg"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("\"nope.jpg\""));
+}

@@ -1,13 +1,13 @@
 //! The writer and reader under faults the emulator never produces, injected on the wire by
 //! the fault proxy: throttling, unprocessed items/keys, 5xx answers, dropped connections.
 
-mod common;
+mod table_common;
 
 use std::collections::HashSet;
 
-use common::*;
 use embatch_aws::client::SDK_MAX_ATTEMPTS;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use table_common::*;
 
 /// The writer's pacer at test speed: the proxy's faults do not ease when it slows down.
 const FAST_PACE: std::time::Duration = std::time::Duration::from_millis(5);

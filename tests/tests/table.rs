@@ -1,17 +1,17 @@
 //! The writer and reader against the emulator with real aws-sdk clients.
 
-mod common;
+mod table_common;
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::*;
 use embatch_localaws::faults::{FaultPlan, FaultProxy};
 use embatch_records::reader::{Provenance, ReadError, ReaderConfig, TableReader};
 use embatch_records::vector::{attr, ItemError, VectorRecord};
 use embatch_records::writer::{TableWriter, WriteFailure, WriterConfig};
 use futures::StreamExt;
+use table_common::*;
 
 fn writer(s: &Setup) -> TableWriter {
     TableWriter::new(s.direct.clone(), &s.table, WriterConfig::default())
