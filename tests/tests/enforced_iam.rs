@@ -19,6 +19,7 @@ use embatch_formats::run::{exit, RunLayout};
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::Player;
 use embatch_localaws::faults::{FaultPlan, FaultProxy};
+use embatch_localaws::fixture::put_bytes;
 use embatch_localaws::iam::{self, Decision, Iam, NamedPolicy, Principal};
 use embatch_localaws::{bins, python, sample, test_model, Emulator};
 use serde::Deserialize;
@@ -126,13 +127,7 @@ async fn run(binary: &str, args: &[&str], env: &[(String, String)]) -> Run {
 }
 
 async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(body.into())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    put_bytes(s3, &S3Uri::new(bucket, key), &body).await;
 }
 
 /// Every flow a user of the deployment runs, each as its principal through the enforcing

@@ -12,7 +12,7 @@ use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::{create_resources, Player};
 use embatch_localaws::emulator::unique_name;
-use embatch_localaws::fixture::get_bytes;
+use embatch_localaws::fixture::{get_bytes, put_bytes};
 use embatch_localaws::{bins, sample, test_model, Emulator};
 use embatch_records::reader::TableReader;
 use embatch_records::table::create_table;
@@ -67,13 +67,7 @@ async fn submitted_manifests_are_what_the_worker_embeds() {
     objects.push(("in/broken.png".into(), b"this is not a PNG".to_vec()));
     objects.push(("in/readme.txt".into(), b"not listed".to_vec()));
     for (key, body) in &objects {
-        s3.put_object()
-            .bucket(&bucket)
-            .key(key)
-            .body(body.clone().into())
-            .send()
-            .await
-            .unwrap();
+        put_bytes(&s3, &S3Uri::new(&bucket, key.as_str()), body).await;
     }
     let images = objects.len() - 1;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use embatch_engine::{Limits, ModelSpec};
 use embatch_formats::run::{env, exit};
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::fixture::put_bytes;
 use embatch_records::reader::TableReader;
 use image::ImageFormat;
 
@@ -365,14 +366,7 @@ async fn configuration_errors_exit_2_and_name_the_input() {
 
     // A malformed manifest.
     let uri = fx.layout.manifest(6);
-    fx.s3
-        .put_object()
-        .bucket(&uri.bucket)
-        .key(&uri.key)
-        .body(b"{\"bucket\": \"b\"}\n".to_vec().into())
-        .send()
-        .await
-        .unwrap();
+    put_bytes(&fx.s3, &uri, b"{\"bucket\": \"b\"}\n").await;
     let (status, stderr) = run(fx.worker(6));
     assert_eq!(status.code(), Some(exit::PERMANENT), "{stderr}");
     assert!(stderr.contains(&format!("{uri} line 1")), "{stderr}");

@@ -4,7 +4,7 @@
 
 use std::process::Stdio;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use embatch_formats::s3uri::S3Uri;
@@ -60,23 +60,12 @@ impl Fixture {
     /// Puts `keys` into `bucket`, each holding `body`, 32 at a time.
     pub async fn put_all(&self, bucket: &str, keys: &[String], body: &[u8]) {
         futures::stream::iter(keys)
-            .map(|key| {
-                let body = body.to_vec();
-                async move {
-                    self.s3
-                        .put_object()
-                        .bucket(bucket)
-                        .key(key)
-                        .body(body.into())
-                        .send()
-                        .await
-                        .map_err(|e| format!("put {key}: {e:?}"))
-                }
+            .map(|key| async move {
+                put_bytes(&self.s3, &S3Uri::new(bucket, key.as_str()), body).await
             })
             .buffer_unordered(32)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap();
+            .collect::<Vec<_>>()
+            .await;
     }
 
     /// The standard submit arguments for this fixture (bucket, queue, definition, table).
