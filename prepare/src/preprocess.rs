@@ -8,7 +8,11 @@
 //! with exactly the filter taps a full resize would have used (the filter window is clipped
 //! by the source image, not by the crop box), so the result equals resize-then-crop.
 
-use fast_image_resize::{self as fr, images::ImageRef, FilterType, ResizeAlg, ResizeOptions};
+// The typed API (one pixel type): `Resizer::resize` on an untyped image instantiates the resizer
+// for all 13 pixel types, which was most of this crate's compile time.
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::{InnerPixel, U8x3};
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 
 use crate::decode::{ImageError, RgbImage};
 use crate::spec::{ChannelOrder, Interpolation, Layout, ModelSpec};
@@ -72,9 +76,9 @@ pub(crate) fn preprocess(
     );
     let (left, top, _, _) = g.crop;
     let (cw, ch) = (spec.preprocess.crop_width, spec.preprocess.crop_height);
-    let src = ImageRef::new(img.width, img.height, &img.data, fr::PixelType::U8x3)
+    let src = TypedImageRef::<U8x3>::from_buffer(img.width, img.height, &img.data)
         .map_err(|e| ImageError::Corrupt(format!("decoded image buffer: {e}")))?;
-    let mut dst = fr::images::Image::new(cw, ch, fr::PixelType::U8x3);
+    let mut dst = TypedImage::<U8x3>::new(cw, ch);
     let alg = match spec.preprocess.interpolation {
         Interpolation::Nearest => ResizeAlg::Nearest,
         Interpolation::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
@@ -87,11 +91,16 @@ pub(crate) fn preprocess(
         f64::from(cw) * sx,
         f64::from(ch) * sy,
     );
-    fr::Resizer::new()
-        .resize(&src, &mut dst, &options)
+    Resizer::new()
+        .resize_typed(&src, &mut dst, &options)
         .map_err(|e| ImageError::Corrupt(format!("resize failed: {e}")))?;
     Ok(Prepared {
-        tensor: normalise(dst.buffer(), cw as usize, ch as usize, spec),
+        tensor: normalise(
+            U8x3::components(dst.pixels()),
+            cw as usize,
+            ch as usize,
+            spec,
+        ),
         original_width: original.0,
         original_height: original.1,
     })
