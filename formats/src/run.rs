@@ -62,7 +62,7 @@ pub mod exit {
 }
 
 /// The job definition's retry strategy, defined once: the emulated Batch player's job
-/// definition is built from it, and a test (`tests/tests/retry_strategy.rs`) checks the
+/// definition is built from it, and a test (`tests/tests/e2e/retry_strategy.rs`) checks the
 /// CloudFormation and Terraform job definitions against it. The first matching rule decides.
 pub mod retry_strategy {
     use super::exit;

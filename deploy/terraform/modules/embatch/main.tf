@@ -412,7 +412,7 @@ resource "aws_batch_job_definition" "worker" {
   # Exit codes (embatch_formats::run::exit): 75 = transient infrastructure failure, 143 =
   # SIGTERM after flushing; 2 (bad configuration, access denied) and anything else is
   # permanent and must not be retried. The rules are embatch_formats::run::retry_strategy's,
-  # checked by tests/tests/retry_strategy.rs.
+  # checked by tests/tests/e2e/retry_strategy.rs.
   retry_strategy {
     attempts = var.retry_attempts
     evaluate_on_exit {

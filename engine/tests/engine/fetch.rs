@@ -1,6 +1,6 @@
 //! `models/fetch`: the sha256 verification path, on local files (no network in tests).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,6 +1,6 @@
 //! `embatch status` over succeeded children, with the workers' reports, against the emulator.
 
-mod common;
+use crate::common;
 
 use common::Fixture;
 use embatch_formats::report::{ChildSummary, FailureLine};

@@ -3,7 +3,7 @@
 //! markers, arithmetic coding, progressive), the scan limit, and buffers reused across images.
 //! The unusual files are written with TurboJPEG's own compressor.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 

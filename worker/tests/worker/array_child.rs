@@ -12,7 +12,7 @@ use embatch_localaws::fixture::put_bytes;
 use embatch_records::reader::TableReader;
 use image::ImageFormat;
 
-mod common;
+use crate::common;
 use common::*;
 
 /// The JSON log events of a worker's stderr with the given message.

@@ -1,7 +1,7 @@
 //! Spec loading errors, model verification (sha256, dimension, input, embedding selection),
 //! and the specs shipped in models/.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! The writer and reader under faults the emulator never produces, injected on the wire by
 //! the fault proxy: throttling, unprocessed items/keys, 5xx answers, dropped connections.
 
-mod table_common;
+use crate::table_common;
 
 use std::collections::HashSet;
 

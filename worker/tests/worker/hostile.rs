@@ -5,7 +5,7 @@
 //! stays within a bound of a baseline run of ordinary images through the same worker. A third
 //! run, the control, shows the measure sees one large legitimate decode. The
 //! `RELIABILITY hostile ...` lines on stderr are the numbers for RELIABILITY.md:
-//! `cargo test --release --workspace --locked --test hostile -- --nocapture`.
+//! `cargo test --release -p embatch-worker --locked --test worker hostile:: -- --nocapture`.
 //!
 //! All three runs pass `--max-encoded-bytes 1048576` (1 MiB instead of the 64 MiB default) so
 //! that the oversized files stay cheap: ~1.4 MB of noise is "oversized" here.
@@ -20,7 +20,7 @@ use embatch_localaws::sample::png_declaring;
 use embatch_records::reader::TableReader;
 use image::ImageFormat;
 
-mod common;
+use crate::common;
 use common::hostile::*;
 use common::*;
 

@@ -3,7 +3,7 @@
 //! Batch retries it) in bounded time, record no valid image as failed, and a re-run must
 //! complete with every image stored exactly once. Also: responses that stall past the attempt
 //! timeout are abandoned and retried. The `RELIABILITY ...` lines on stderr are the numbers in
-//! RELIABILITY.md (`cargo test --release --workspace --locked --test outages -- --nocapture`).
+//! RELIABILITY.md (`cargo test --release -p embatch-worker --locked --test worker outages:: -- --nocapture`).
 
 use std::collections::HashMap;
 use std::process::ExitStatus;
@@ -14,7 +14,7 @@ use embatch_aws::client::SDK_MAX_ATTEMPTS;
 use embatch_formats::run::exit;
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
 
-mod common;
+use crate::common;
 use common::*;
 
 /// How the worker's last log line names a dead endpoint.

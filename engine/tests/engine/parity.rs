@@ -4,7 +4,7 @@
 //! - our vector vs the full Python pipeline (PIL decode, numpy preprocessing, onnxruntime)
 //!   on the same file: cosine >= 0.999 (decode + preprocess + inference).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -381,7 +381,7 @@ fn assert_all_allowed(enforcement: &Iam) {
 const EXERCISED_ELSEWHERE: &[(&str, &str, &str)] = &[(
     "submitter",
     "WatchJobs/batch:ListJobs",
-    "`embatch status` lists the FAILED children of an array job (submitter/tests/status_failed.rs), and the submitter looks a job up by name before retrying a SubmitJob whose answer was lost (submitter/tests/submit.rs); no child fails here",
+    "`embatch status` lists the FAILED children of an array job (submitter/tests/status_failed.rs), and the submitter looks a job up by name before retrying a SubmitJob whose answer was lost (submitter/tests/submitter/submit.rs); no child fails here",
 )];
 
 /// With any single statement, or any one action of a statement, removed, some request a flow

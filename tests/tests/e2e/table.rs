@@ -1,6 +1,6 @@
 //! The writer and reader against the emulator with real aws-sdk clients.
 
-mod table_common;
+use crate::table_common;
 
 use std::collections::HashMap;
 

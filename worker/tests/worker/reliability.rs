@@ -1,15 +1,15 @@
 //! Reliability of the `embatch-worker` binary, measured: S3 and DynamoDB faults injected on the
-//! wire by the fault proxy (fixed seeds); hostile input files are in `tests/hostile.rs`. Each
+//! wire by the fault proxy (fixed seeds); hostile input files are in `hostile.rs`. Each
 //! test asserts that every manifest line ends as exactly one stored vector (equal to the
 //! engine's on the same bytes), that the worker exits 0, and that the proxy really injected
 //! faults. The `RELIABILITY ...` lines on stderr are the numbers in RELIABILITY.md
-//! (`cargo test --release -p embatch-worker --test reliability -- --nocapture`).
+//! (`cargo test --release -p embatch-worker --test worker reliability:: -- --nocapture`).
 
 use embatch_formats::report::ChildSummary;
 use embatch_formats::run::exit;
 use embatch_localaws::faults::{Fault, FaultCounts, FaultPlan, FaultProxy, FaultRule, Match};
 
-mod common;
+use crate::common;
 use common::*;
 
 /// One line for RELIABILITY.md.

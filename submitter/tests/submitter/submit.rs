@@ -1,6 +1,6 @@
 //! The real `embatch` binary against the emulator with the real aws-sdk clients.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! not the host, and its peak memory stays under the job's limit on the largest images the
 //! limits admit. The metadata endpoint is a stub on 127.0.0.1 (a service the emulator lacks).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

@@ -1,6 +1,6 @@
 //! Every class of bad input ends as a typed error naming the reason, never a panic.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::sync::OnceLock;
