@@ -34,6 +34,8 @@ pub mod env {
     pub const JOB_VCPUS: &str = "EMBATCH_JOB_VCPUS";
     /// Set by the job definition: the memory reserved for the job in MiB (its `JobMemoryMiB`).
     pub const JOB_MEMORY_MIB: &str = "EMBATCH_JOB_MEMORY_MIB";
+    /// `true` when the run may overwrite vectors another model computed (`--replace-model`).
+    pub const REPLACE_MODEL: &str = "EMBATCH_REPLACE_MODEL";
 }
 
 /// Environment variables `embatch submit` and `embatch status` read their settings from (the

@@ -63,6 +63,9 @@ pub struct SubmitOptions {
     pub table: String,
     /// Model spec path inside the container.
     pub model_spec: String,
+    /// Let the workers overwrite vectors another model computed (else each such image fails
+    /// as `model_mismatch`).
+    pub replace_model: bool,
     /// Images per manifest (one manifest per array child).
     pub images_per_job: usize,
     /// Children per array job, 2..=[`MAX_ARRAY_SIZE`] (AWS Batch's limits).
@@ -200,6 +203,7 @@ pub async fn submit(
         layout: &layout,
         table: &options.table,
         model_spec: &options.model_spec,
+        replace_model: options.replace_model,
     };
     let mut plan = RunPlan {
         run_id: run_id.clone(),

@@ -78,6 +78,10 @@ struct SubmitArgs {
     /// Model spec path inside the worker container.
     #[arg(long, default_value = DEFAULT_MODEL_SPEC)]
     model_spec: String,
+    /// Overwrite vectors another model computed. Without it the workers keep them and record
+    /// each such image as failed (`model_mismatch`): a table holds one model's vectors.
+    #[arg(long)]
+    replace_model: bool,
     /// Images per manifest; one manifest per array child.
     #[arg(long, default_value_t = DEFAULT_IMAGES_PER_JOB, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     images_per_job: usize,
@@ -176,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 job_definition: args.job_definition,
                 table: args.table,
                 model_spec: args.model_spec,
+                replace_model: args.replace_model,
                 images_per_job: args.images_per_job,
                 max_array_size: args.max_array_size,
                 image_id: args.image_id,

@@ -65,6 +65,8 @@ pub struct JobTarget<'a> {
     pub table: &'a str,
     /// The model spec path inside the container.
     pub model_spec: &'a str,
+    /// `--replace-model`: set [`env::REPLACE_MODEL`] on the children.
+    pub replace_model: bool,
 }
 
 /// The job name of job `i` of a run: `embatch-<run-id>-<i>`.
@@ -82,6 +84,11 @@ pub fn job_environment(target: &JobTarget<'_>, manifest_offset: usize) -> Vec<(S
         (env::MODEL_SPEC, target.model_spec.to_string()),
     ]
     .into_iter()
+    .chain(
+        target
+            .replace_model
+            .then(|| (env::REPLACE_MODEL, "true".to_string())),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }

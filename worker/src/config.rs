@@ -67,6 +67,11 @@ pub struct Config {
     #[arg(long)]
     pub force: bool,
 
+    /// Overwrite vectors another model computed. Without it such a line fails as
+    /// `model_mismatch`: the table is keyed by ImageId alone and holds one model's vectors.
+    #[arg(long, env = env::REPLACE_MODEL)]
+    pub replace_model: bool,
+
     /// S3 downloads in flight at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub fetch_concurrency: u32,

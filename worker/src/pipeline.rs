@@ -28,7 +28,7 @@ use crate::fetch::{DeniedRun, Fetcher};
 use crate::infer::{Embedder, RunProvenance};
 use crate::manifest::Manifest;
 use crate::resources::PoolPlan;
-use crate::resume::ResumeCheck;
+use crate::resume::{ResumeCheck, StoredPolicy};
 use crate::shutdown::{Stop, StopReason};
 use crate::{Ending, Fatal};
 
@@ -171,6 +171,7 @@ fn log_loaded(config: &Config, plan: &PoolPlan, manifest: &Manifest, engine: &En
         infer_threads = plan.infer_threads,
         fetch_concurrency = config.fetch_concurrency,
         force = config.force,
+        replace_model = config.replace_model,
         "manifest and model loaded"
     );
 }
@@ -257,15 +258,20 @@ fn provenance(config: &Config, engine: &Engine) -> RunProvenance {
     }
 }
 
-/// What resume asks the table; none with `--force` (every line is computed again).
+/// What resume asks the table; none with both `--force` and `--replace-model` (every line is
+/// computed again, whatever is stored).
 fn resume_check(
     config: &Config,
     clients: &Clients,
     provenance: &RunProvenance,
 ) -> Option<ResumeCheck> {
-    (!config.force).then(|| ResumeCheck {
+    (!(config.force && config.replace_model)).then(|| ResumeCheck {
         reader: TableReader::new(clients.dynamodb.clone(), config.table.clone()),
-        model_sha256: provenance.model_sha256.clone(),
+        policy: StoredPolicy {
+            model_sha256: provenance.model_sha256.clone(),
+            force: config.force,
+            replace_model: config.replace_model,
+        },
     })
 }
 

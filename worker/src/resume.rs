@@ -3,7 +3,10 @@
 //! A line whose `ImageId` an earlier line already has fails as `duplicate_image_id` (the table
 //! holds one vector per id). A line whose image is already stored with the same ETag and model
 //! is skipped, so a retried or re-run child redoes only what is missing; `--force` turns that
-//! check off. Lines are looked up in chunks, as they are pulled, never all at once.
+//! check off. A line whose ImageId holds another model's vector fails as `model_mismatch`
+//! unless `--replace-model`: the table is keyed by ImageId alone, so one table holds one model
+//! (a vector without provenance, as the original sample wrote, is recomputed). Lines are looked
+//! up in chunks, as they are pulled, never all at once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,13 +21,53 @@ use crate::pipeline::StageContext;
 use crate::shutdown::StopReason;
 use crate::Fatal;
 
-/// What an already-stored vector must match to be kept.
+/// The table lookup of the source stage, and what it decides.
 #[derive(Clone, Debug)]
 pub struct ResumeCheck {
     /// The reader of the vector table.
     pub reader: TableReader,
+    /// What is done with a line whose ImageId is already stored.
+    pub policy: StoredPolicy,
+}
+
+/// What is done with a line whose ImageId is already stored.
+#[derive(Clone, Debug)]
+pub struct StoredPolicy {
     /// sha256 of the model in use.
     pub model_sha256: String,
+    /// `--force`: recompute vectors that are already current.
+    pub force: bool,
+    /// `--replace-model`: overwrite vectors another model computed.
+    pub replace_model: bool,
+}
+
+/// What the source stage does with one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Compute and write its vector.
+    Compute,
+    /// Already stored from the same object by the same model.
+    Skip,
+    /// Stored by the model with this sha256, which is not overwritten.
+    OtherModel(String),
+}
+
+impl StoredPolicy {
+    /// The decision for `item`, given what the table holds for its ImageId.
+    pub fn decide(&self, item: &WorkItem, stored: Option<&Provenance>) -> Decision {
+        let Some(stored) = stored else {
+            return Decision::Compute;
+        };
+        match stored.model_sha256.as_deref() {
+            Some(other) if other != self.model_sha256 && !self.replace_model => {
+                Decision::OtherModel(other.to_string())
+            }
+            _ if !self.force && is_current(item, Some(stored), &self.model_sha256) => {
+                Decision::Skip
+            }
+            _ => Decision::Compute,
+        }
+    }
 }
 
 /// Whether the stored vector of `item` was computed from the same object and model.
@@ -36,7 +79,7 @@ pub fn is_current(item: &WorkItem, stored: Option<&Provenance>, model_sha256: &s
 }
 
 /// The source stage: feeds `output` with the lines that need computing. `current` is `None`
-/// under `--force`.
+/// under `--force --replace-model` (nothing stored matters).
 pub async fn run(
     manifest: Arc<Manifest>,
     current: Option<ResumeCheck>,
@@ -90,12 +133,16 @@ pub async fn run(
                 }
             };
             chunk.retain(|item| {
-                let keep =
-                    !is_current(item, stored.get(&item.line.image_id), &current.model_sha256);
-                if !keep {
-                    tally.add(Outcome::Skipped, 1);
+                match current.policy.decide(item, stored.get(&item.line.image_id)) {
+                    Decision::Compute => return true,
+                    Decision::Skip => tally.add(Outcome::Skipped, 1),
+                    Decision::OtherModel(other) => tally.fail(
+                        item,
+                        "model_mismatch",
+                        other_model(item, &other, &current.policy),
+                    ),
                 }
-                keep
+                false
             });
         }
         for item in chunk {
@@ -107,14 +154,25 @@ pub async fn run(
     }
 }
 
+/// The failure message of a line whose ImageId holds another model's vector.
+fn other_model(item: &WorkItem, other: &str, policy: &StoredPolicy) -> String {
+    format!(
+        "{}: ImageId {:?} already holds a vector of another model (sha256 {other}; this run's is {}); \
+         a table holds one model's vectors: use a table per model, or --replace-model to overwrite",
+        item.line.uri(),
+        item.line.image_id,
+        policy.model_sha256
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use embatch_formats::manifest::ManifestLine;
 
-    #[test]
-    fn only_the_same_etag_and_model_count_as_current() {
-        let item = WorkItem {
+    /// Line 1: `s3://b/k`, ETag `e`, ImageId `k`.
+    fn item() -> WorkItem {
+        WorkItem {
             line_no: 1,
             line: ManifestLine {
                 bucket: "b".into(),
@@ -123,7 +181,12 @@ mod tests {
                 etag: "e".into(),
                 image_id: "k".into(),
             },
-        };
+        }
+    }
+
+    #[test]
+    fn only_the_same_etag_and_model_count_as_current() {
+        let item = item();
         let p = |etag: Option<&str>, model: Option<&str>| Provenance {
             source_etag: etag.map(str::to_string),
             model_sha256: model.map(str::to_string),
@@ -140,5 +203,39 @@ mod tests {
             "an item of the original sample is recomputed"
         );
         assert!(!is_current(&item, None, "m"));
+    }
+
+    #[test]
+    fn another_models_vector_is_kept_unless_replace_model() {
+        let item = item();
+        let stored = |model: Option<&str>| Provenance {
+            source_etag: Some("e".into()),
+            model_sha256: model.map(str::to_string),
+        };
+        let policy = |force, replace_model| StoredPolicy {
+            model_sha256: "m".into(),
+            force,
+            replace_model,
+        };
+        let other = Decision::OtherModel("other".into());
+        for force in [false, true] {
+            let p = policy(force, false);
+            assert_eq!(p.decide(&item, Some(&stored(Some("other")))), other);
+            assert_eq!(p.decide(&item, None), Decision::Compute);
+            assert_eq!(p.decide(&item, Some(&stored(None))), Decision::Compute);
+            let p = policy(force, true);
+            assert_eq!(
+                p.decide(&item, Some(&stored(Some("other")))),
+                Decision::Compute
+            );
+        }
+        assert_eq!(
+            policy(false, false).decide(&item, Some(&stored(Some("m")))),
+            Decision::Skip
+        );
+        assert_eq!(
+            policy(true, false).decide(&item, Some(&stored(Some("m")))),
+            Decision::Compute
+        );
     }
 }

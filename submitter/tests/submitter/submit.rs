@@ -156,9 +156,24 @@ async fn two_manifests_make_one_array_job_of_size_two() {
             .and_then(|a| a.size()),
         Some(2)
     );
+    let env = job_env(&f, job_id).await;
+    assert!(env.iter().all(|(k, _)| k != env::REPLACE_MODEL), "{env:?}");
 
     let m = manifests(&f, &summary).await;
     assert_eq!(m.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+
+    // --replace-model reaches every child through the job's environment.
+    args.push("--replace-model".into());
+    let out = f.embatch(&args, None).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let job_id = out.json()["jobs"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env_value(&job_env(&f, &job_id).await, env::REPLACE_MODEL),
+        "true"
+    );
 }
 
 #[tokio::test]

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_engine::{Limits, ModelSpec};
 use embatch_formats::run::{env, exit};
 use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
-use embatch_localaws::fixture::put_bytes;
+use embatch_localaws::fixture::{put_bytes, raw_items};
 use embatch_records::reader::TableReader;
 use image::ImageFormat;
 
@@ -199,6 +200,70 @@ async fn a_mixed_manifest_ends_with_every_image_written_or_failed_then_a_rerun_s
     assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
     assert_eq!(fx.summary(3).await.written, valid.len() as u64);
     assert_eq!(fx.stored().await, valid.len());
+
+    another_models_vectors_are_kept_unless_replace_model(&fx, worker, valid.len()).await;
+}
+
+/// Vectors another model computed (their ModelSha256 differs) are never overwritten silently:
+/// each of those lines fails as `model_mismatch`, under `--force` too, and the stored vectors
+/// stay as they were; `EMBATCH_REPLACE_MODEL=true` (the submitter's `--replace-model`)
+/// overwrites them.
+async fn another_models_vectors_are_kept_unless_replace_model(
+    fx: &Fixture,
+    worker: impl Fn() -> Command,
+    stored: usize,
+) {
+    let other = "0".repeat(64);
+    let reader = TableReader::new(fx.dynamodb.clone(), fx.table.clone());
+    let ids: Vec<String> = raw_items(&fx.dynamodb, &fx.table)
+        .await
+        .iter()
+        .map(|item| item["ImageId"].as_s().unwrap().clone())
+        .collect();
+    assert_eq!(ids.len(), stored);
+    for id in &ids {
+        fx.dynamodb
+            .update_item()
+            .table_name(&fx.table)
+            .key("ImageId", AttributeValue::S(id.clone()))
+            .update_expression("SET ModelSha256 = :m")
+            .expression_attribute_values(":m", AttributeValue::S(other.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let before = reader.get(&ids).await.unwrap().found;
+    for force in [false, true] {
+        let mut w = worker();
+        if force {
+            w.arg("--force");
+        }
+        let (status, stderr) = run(w);
+        assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+        assert_eq!(fx.summary(3).await.written, 0, "force: {force}");
+        let mismatched: Vec<_> = fx
+            .failures(3)
+            .await
+            .into_iter()
+            .filter(|f| f.kind == "model_mismatch")
+            .collect();
+        assert_eq!(mismatched.len(), stored, "force: {force}");
+        for f in &mismatched {
+            for part in [f.key.as_str(), other.as_str(), "--replace-model"] {
+                assert!(f.message.contains(part), "{part} not in {f:?}");
+            }
+        }
+        assert_eq!(reader.get(&ids).await.unwrap().found, before);
+    }
+    let mut replace = worker();
+    replace.env(env::REPLACE_MODEL, "true");
+    let (status, stderr) = run(replace);
+    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    assert_eq!(fx.summary(3).await.written, stored as u64);
+    let sha256 = ModelSpec::from_path(&fx.spec).unwrap().sha256;
+    for record in reader.get(&ids).await.unwrap().found {
+        assert_eq!(record.meta.model_sha256.as_deref(), Some(sha256.as_str()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
