@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
-use embatch_engine::{Engine, EngineOptions, Limits, ModelSpec, Prepared};
+use embatch_engine::{ConvAlgorithm, Engine, EngineOptions, Limits, ModelSpec, Prepared};
 use embatch_testkit::{python, test_model};
 use rayon::prelude::*;
 
@@ -54,6 +54,9 @@ struct Args {
     /// Skip the Python reference.
     #[arg(long)]
     no_python: bool,
+    /// Convolution algorithms to measure, each at every batch size (the first is the headline).
+    #[arg(long, value_delimiter = ',', default_value = "auto,im2col")]
+    conv: Vec<ConvAlgorithm>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,26 +148,32 @@ fn time_prepare(engine: &Engine, files: &[Vec<u8>], runs: usize) -> f64 {
     })
 }
 
-/// Median images/s of `embed` on `threads` threads, each embedding batches of `batch`.
-fn time_infer(engine: &Engine, inputs: &[Prepared], threads: usize, runs: usize) -> f64 {
-    let batch = engine.preferred_batch();
+/// Median images/s of `embed` on `threads` threads for each engine, each embedding batches of
+/// its preferred size: runs interleaved (one pass of every engine per round), so that load on
+/// the shared machine falls on all of them alike.
+fn time_infer(engines: &[Engine], inputs: &[Prepared], threads: usize, runs: usize) -> Vec<f64> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap();
     pool.install(|| {
-        engine.embed(&inputs[..batch]).expect("warm-up");
-        median(
-            (0..runs)
-                .map(|_| {
-                    let t = Instant::now();
-                    inputs.par_chunks(batch).for_each(|c| {
-                        engine.embed(c).expect("embed");
-                    });
-                    inputs.len() as f64 / t.elapsed().as_secs_f64()
-                })
-                .collect(),
-        )
+        for e in engines {
+            // Warm-up on every thread: the Winograd scratch buffers are per thread.
+            inputs.par_chunks(e.preferred_batch()).for_each(|c| {
+                e.embed(c).expect("warm-up");
+            });
+        }
+        let mut rates = vec![Vec::new(); engines.len()];
+        for _ in 0..runs {
+            for (e, r) in engines.iter().zip(&mut rates) {
+                let t = Instant::now();
+                inputs.par_chunks(e.preferred_batch()).for_each(|c| {
+                    e.embed(c).expect("embed");
+                });
+                r.push(inputs.len() as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        rates.into_iter().map(median).collect()
     })
 }
 
@@ -298,13 +307,19 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut by_batch = Vec::new();
     for &b in &args.batches {
-        let e = Engine::load_with(&spec, EngineOptions { batch: b })?;
-        let one_thread = time_infer(&e, &inputs, 1, args.runs);
-        let all = time_infer(&e, &inputs, cores, args.runs);
-        eprintln!("batch {b}: {one_thread:.1} img/s on 1 thread, {all:.1} img/s on {cores}");
-        by_batch.push((b, one_thread, all));
+        let engines: Vec<Engine> = args
+            .conv
+            .iter()
+            .map(|&conv| Engine::load_with(&spec, EngineOptions { batch: b, conv }))
+            .collect::<Result<_, _>>()?;
+        let one = time_infer(&engines, &inputs, 1, args.runs);
+        let all = time_infer(&engines, &inputs, cores, args.runs);
+        for ((conv, one), all) in args.conv.iter().zip(one).zip(all) {
+            eprintln!("batch {b}, {conv}: {one:.1} img/s on 1 thread, {all:.1} img/s on {cores}");
+            by_batch.push((b, *conv, one, all));
+        }
     }
-    let (_, one_thread, all_cores) = *by_batch
+    let (_, _, one_thread, all_cores) = *by_batch
         .iter()
         .find(|(b, ..)| *b == engine.preferred_batch())
         .unwrap_or(&by_batch[0]);
@@ -341,11 +356,14 @@ fn main() -> anyhow::Result<()> {
             ort1.map_or("-".into(), |r| format!("{:.1} %", 100.0 * frac(r)))
         );
     }
-    println!("\nBatch size (tract, this engine): images/s on 1 thread / on {cores} threads\n");
-    println!("| batch | 1 thread | {cores} threads |");
-    println!("|---|---|---|");
-    for (b, one, all) in by_batch {
-        println!("| {b} | {one:.1} | {all:.1} |");
+    println!("\nBatch size and convolution algorithm (this engine): images/s on 1 thread / on {cores} threads, against onnxruntime\n");
+    println!("| batch | convolutions | 1 thread | {cores} threads | 1 thread / onnxruntime |");
+    println!("|---|---|---|---|---|");
+    for (b, conv, one, all) in by_batch {
+        println!(
+            "| {b} | {conv} | {one:.1} | {all:.1} | {} |",
+            ratio_rate(one, ort1)
+        );
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::decode::ImageError;
 use crate::limits::Limits;
 use crate::preprocess::Prepared;
 use crate::spec::{EmbeddingSelector, Layout, ModelFileError, ModelSpec};
+use crate::winograd::{self, ConvAlgorithm};
 
 /// Batch size of one inference run, chosen by measurement (`examples/bench.rs`, see
 /// BENCHMARKS.md "## Engine"): tract's single-threaded convolutions are fastest per image at
@@ -90,12 +91,15 @@ pub enum EngineError {
 pub struct EngineOptions {
     /// Images per inference run (the batch axis the plan is optimised for).
     pub batch: usize,
+    /// How 3×3 stride-1 convolutions are computed.
+    pub conv: ConvAlgorithm,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             batch: PREFERRED_BATCH,
+            conv: ConvAlgorithm::default(),
         }
     }
 }
@@ -157,7 +161,7 @@ impl Engine {
         drop(bytes);
         let tensor_name = embedding_of(spec, &proto)?;
         let batch = options.batch.max(1);
-        let plan = optimise(&onnx, &proto, spec, batch, &tensor_name)?;
+        let plan = optimise(&onnx, &proto, spec, (batch, options.conv), &tensor_name)?;
         let (w, h) = (spec.input.width as usize, spec.input.height as usize);
         let mut engine = Engine {
             spec: spec.clone(),
@@ -256,6 +260,72 @@ impl Engine {
     }
 }
 
+/// Time one node of the plan took, summed over the runs of [`Engine::profile`].
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    /// The node's name in the optimised plan.
+    pub name: String,
+    /// The op's name (`OptMatMul`, `WinogradF4x3`, ...).
+    pub op: String,
+    /// What the op says of itself (shapes, kernel choice).
+    pub info: String,
+    /// Mean seconds per run.
+    pub seconds: f64,
+}
+
+impl Engine {
+    /// Per-node time of the optimised plan on a zero input, averaged over `runs` runs after
+    /// one warm-up, in plan order.
+    pub fn profile(&self, runs: usize) -> Result<Vec<NodeTime>, EngineError> {
+        let infer_err = |e: TractError| EngineError::Inference {
+            file: self.spec.file.clone(),
+            message: format!("{e:#}"),
+        };
+        let input = self
+            .plan
+            .model()
+            .input_fact(0)
+            .map_err(infer_err)?
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec());
+        let shape = input.ok_or_else(|| EngineError::Inference {
+            file: self.spec.file.clone(),
+            message: "the plan's input shape is not concrete".into(),
+        })?;
+        let tensor: TValue = Tensor::zero::<f32>(&shape).map_err(infer_err)?.into();
+        let mut seconds = vec![0f64; self.plan.model().nodes().len()];
+        let mut state = TypedSimpleState::new(&self.plan).map_err(infer_err)?;
+        for run in 0..=runs {
+            state
+                .run_plan_with_eval(tvec!(tensor.clone()), |ctx, op_state, node, inputs| {
+                    let start = std::time::Instant::now();
+                    let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    if run > 0 {
+                        seconds[node.id] += start.elapsed().as_secs_f64();
+                    }
+                    out
+                })
+                .map_err(infer_err)?;
+        }
+        let model = self.plan.model();
+        Ok(self
+            .plan
+            .order_without_consts()
+            .iter()
+            .map(|&id| {
+                let node = model.node(id);
+                NodeTime {
+                    name: node.name.clone(),
+                    op: node.op.name().to_string(),
+                    info: node.op.info().map(|i| i.join("; ")).unwrap_or_default(),
+                    seconds: seconds[id] / runs.max(1) as f64,
+                }
+            })
+            .collect())
+    }
+}
+
 /// The embedding tensor's name (logged with its node), after checking that the graph's only
 /// input is the spec's.
 fn embedding_of(spec: &ModelSpec, proto: &pb::ModelProto) -> Result<String, EngineError> {
@@ -304,7 +374,7 @@ fn optimise(
     onnx: &tract_onnx::Onnx,
     proto: &pb::ModelProto,
     spec: &ModelSpec,
-    batch: usize,
+    (batch, conv): (usize, ConvAlgorithm),
     tensor_name: &str,
 ) -> Result<Arc<TypedSimplePlan>, EngineError> {
     let model_err = |message: String| EngineError::Model {
@@ -332,7 +402,14 @@ fn optimise(
     model
         .select_output_outlets(&[outlet])
         .map_err(|e| model_err(format!("{e:#}")))?;
-    model
+    let mut typed = model
+        .into_typed()
+        .and_then(|m| m.into_decluttered())
+        .map_err(|e| model_err(format!("typing the graph: {e:#}")))?;
+    let replaced = winograd::rewrite(&mut typed, conv)
+        .map_err(|e| model_err(format!("rewriting convolutions ({conv}): {e:#}")))?;
+    tracing::debug!(model = %spec.name, %conv, replaced, "Winograd convolutions");
+    typed
         .into_optimized()
         .and_then(|m| m.into_runnable())
         .map_err(|e| model_err(format!("optimising the graph: {e:#}")))

@@ -19,10 +19,12 @@
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod infer;
+pub mod winograd;
 
 pub use embatch_prepare::{
     decode, jpeg, limits, prepare, preprocess, spec, ChannelOrder, EmbeddingSelector, ImageError,
     InputSpec, Interpolation, Layout, Limits, ModelSpec, Prepared, PreprocessSpec, SpecError,
     BACKGROUND,
 };
-pub use infer::{Engine, EngineError, EngineOptions, PREFERRED_BATCH};
+pub use infer::{Engine, EngineError, EngineOptions, NodeTime, PREFERRED_BATCH};
+pub use winograd::ConvAlgorithm;

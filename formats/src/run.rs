@@ -36,6 +36,8 @@ pub mod env {
     pub const JOB_MEMORY_MIB: &str = "EMBATCH_JOB_MEMORY_MIB";
     /// `true` when the run may overwrite vectors another model computed (`--replace-model`).
     pub const REPLACE_MODEL: &str = "EMBATCH_REPLACE_MODEL";
+    /// How the worker computes 3×3 convolutions (`auto`, `winograd`, `im2col`; A/B runs).
+    pub const CONV: &str = "EMBATCH_CONV";
 }
 
 /// Environment variables `embatch submit` and `embatch status` read their settings from (the

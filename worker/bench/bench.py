@@ -162,6 +162,8 @@ def main():
                         help="with --photos: only photos of at least this many megapixels")
     parser.add_argument("--variants", action="store_true",
                         help="also run the worker with --decode-threads 1 and --infer-threads 1")
+    parser.add_argument("--im2col", action="store_true",
+                        help="also run the worker with --conv im2col (tract's own convolutions, no Winograd)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss-sizes", default="1000,20000", help="manifest sizes for peak RSS ('' to skip)")
     parser.add_argument("--model-spec", default=None)
@@ -213,6 +215,8 @@ def main():
         if args.variants:
             variants["worker --decode-threads 1"] = ["--decode-threads", "1"]
             variants["worker --infer-threads 1"] = ["--infer-threads", "1"]
+        if args.im2col:
+            variants["worker --conv im2col"] = ["--conv", "im2col"]
         results = {name: [] for name in list(variants) + ["sample"]}
         stages = []
         table_no = 0

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use embatch_engine::Limits;
+use embatch_engine::{ConvAlgorithm, Limits};
 use embatch_formats::run::{env, RunLayout};
 use embatch_formats::s3uri::S3Uri;
 
@@ -110,6 +110,12 @@ pub struct Config {
     /// [default: the job's vCPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub infer_threads: Option<u32>,
+
+    /// How 3×3 stride-1 convolutions are computed: `auto` (Winograd F(4x4) or F(2x2) per layer,
+    /// as measured fastest), `winograd`, `im2col` (tract's own plan), or `f2` / `f4` (one tile
+    /// size everywhere). For A/B runs; `auto` is the measured best.
+    #[arg(long, env = env::CONV, default_value_t = ConvAlgorithm::Auto)]
+    pub conv: ConvAlgorithm,
 
     /// Images per inference call [default: the engine's preferred batch].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]

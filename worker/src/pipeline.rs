@@ -142,6 +142,7 @@ async fn load(
         batch: config
             .batch_size
             .map_or(EngineOptions::default().batch, |b| b as usize),
+        conv: config.conv,
     };
     let load = tokio::task::spawn_blocking(move || Engine::load_with(&spec, options));
     let (uri, role) = (

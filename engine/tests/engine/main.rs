@@ -8,3 +8,4 @@ mod fetch;
 mod jpeg;
 mod parity;
 mod spec_and_model;
+mod winograd;
