@@ -7,8 +7,9 @@
 //! Without `--images`, synthetic photos are generated (8 small 500x375, 4 large 4000x3000, 2
 //! very large 6000x4000 baseline and 2 progressive JPEGs); without `--spec`, the generated
 //! ResNet18-architecture test model is used (same graph and cost as the real ResNet18).
-//! Figures are medians over `--runs` runs. `--decode-only` skips inference. Prints a Markdown
-//! section for BENCHMARKS.md.
+//! Figures are medians over `--runs` runs. `--decode-only` skips inference. `--conv auto,im2col`
+//! (the default) measures each convolution algorithm at every batch size, runs interleaved.
+//! Prints a Markdown section for BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
