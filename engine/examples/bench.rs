@@ -11,13 +11,13 @@
 //! (the default) measures each convolution algorithm at every batch size, runs interleaved.
 //! Prints a Markdown section for BENCHMARKS.md.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
 use embatch_engine::{ConvAlgorithm, Engine, EngineOptions, Limits, ModelSpec, Prepared};
-use embatch_testkit::{python, test_model};
+use embatch_testkit::{jpegs_under, median, python, test_model};
 use rayon::prelude::*;
 
 #[derive(Parser)]
@@ -58,35 +58,6 @@ struct Args {
     /// Convolution algorithms to measure, each at every batch size (the first is the headline).
     #[arg(long, value_delimiter = ',', default_value = "auto,im2col")]
     conv: Vec<ConvAlgorithm>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn jpegs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            jpegs(&p, out);
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
-        {
-            out.push(p);
-        }
-    }
 }
 
 /// The image sets, in report order.
@@ -192,11 +163,7 @@ fn main() -> anyhow::Result<()> {
 
     let _tmp;
     let sets = match &args.images {
-        Some(dir) => {
-            let mut all = Vec::new();
-            jpegs(dir, &mut all);
-            classify(all)
-        }
+        Some(dir) => classify(jpegs_under(dir)),
         None => {
             let dir = tempfile::tempdir()?;
             let out = Command::new(python::interpreter()?)
@@ -209,8 +176,7 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let mut all = Vec::new();
-            jpegs(dir.path(), &mut all);
+            let all = jpegs_under(dir.path());
             _tmp = dir;
             classify(all)
         }

@@ -1,6 +1,6 @@
 //! Per-layer benchmark of the 3×3 stride-1 convolutions of ResNet18: tract's own plan (im2col +
 //! matrix multiplication) against Winograd F(2×2) and F(4×4), one-op models, interleaved runs,
-//! medians; also the largest absolute difference from tract's output.
+//! medians; also the largest absolute difference from tract's output (`winograd::OneConv`).
 //!
 //! ```text
 //! cargo run --release -p embatch-engine --example winograd -- [--runs 9] [--batches 1,8]
@@ -15,12 +15,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use clap::Parser;
-use embatch_engine::winograd::{self, ConvAlgorithm};
+use embatch_engine::winograd::{self, ConvAlgorithm, OneConv};
 use embatch_engine::{Engine, EngineOptions, Limits, ModelSpec, Prepared};
-use embatch_testkit::{python, test_model};
+use embatch_testkit::{cosine, jpegs_under, median, python, test_model};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
-use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::ops::cnn::PaddingSpec;
 
 #[derive(Parser)]
 struct Args {
@@ -39,35 +38,6 @@ struct Args {
     /// Model spec for `--photos` (default: the generated ResNet18 test model).
     #[arg(long)]
     spec: Option<PathBuf>,
-}
-
-/// The first `count` JPEGs under `dir`, in path order.
-fn jpegs(dir: &Path, out: &mut Vec<PathBuf>, count: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if out.len() >= count {
-            return;
-        }
-        if p.is_dir() {
-            jpegs(&p, out, count);
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
-        {
-            out.push(p);
-        }
-    }
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
 }
 
 /// (worst cosine, largest |difference|) of `ours` against `theirs`, vector by vector.
@@ -89,8 +59,7 @@ fn photo_parity(args: &Args, dir: &Path) -> anyhow::Result<()> {
         None => test_model::resnet18_spec()?,
     };
     let spec = ModelSpec::from_path(&spec_path)?;
-    let mut files = Vec::new();
-    jpegs(dir, &mut files, args.count);
+    let files: Vec<PathBuf> = jpegs_under(dir).into_iter().take(args.count).collect();
     let engine = Engine::load_with(
         &spec,
         EngineOptions {
@@ -159,44 +128,10 @@ fn photo_parity(args: &Args, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A one-convolution model: 3×3, stride 1, padding 1, C = K, deterministic weights.
-fn conv_model(n: usize, c: usize, hw: usize) -> TractResult<TypedModel> {
-    let mut model = TypedModel::default();
-    let x = model.add_source("x", f32::fact([n, c, hw, hw]))?;
-    let weights: Vec<f32> = (0..c * c * 9)
-        .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.1)
-        .collect();
-    let kernel = model.add_const("kernel", Tensor::from_shape(&[c, c, 3, 3], &weights)?)?;
-    let bias: Vec<f32> = (0..c).map(|i| i as f32 * 0.01).collect();
-    let bias = model.add_const("bias", Tensor::from_shape(&[c], &bias)?)?;
-    let conv = Conv {
-        pool_spec: PoolSpec {
-            data_format: DataFormat::NCHW,
-            kernel_shape: tvec![3, 3],
-            padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
-            dilations: None,
-            strides: None,
-            input_channels: c,
-            output_channels: c,
-        },
-        kernel_fmt: KernelFormat::OIHW,
-        group: 1,
-        q_params: None,
-    };
-    let y = model.wire_node("conv", conv, &[x, kernel, bias])?;
-    model.select_output_outlets(&y)?;
-    Ok(model)
-}
-
-fn plan(n: usize, c: usize, hw: usize, algo: ConvAlgorithm) -> TractResult<Arc<TypedSimplePlan>> {
-    let mut model = conv_model(n, c, hw)?.into_decluttered()?;
+fn plan(conv: &OneConv, algo: ConvAlgorithm) -> TractResult<Arc<TypedSimplePlan>> {
+    let mut model = conv.model()?.into_decluttered()?;
     winograd::rewrite(&mut model, algo)?;
     model.into_optimized()?.into_runnable()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// fp32 FMA peak of one core in GFLOP/s: 12 independent AVX2 FMA chains (enough to cover the
@@ -254,13 +189,12 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     for &n in &args.batches {
         for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 7)] {
-            let input: Vec<f32> = (0..n * c * hw * hw)
-                .map(|i| (i * 104729 % 2000) as f32 / 1000.0 - 1.0)
-                .collect();
-            let input: TValue = Tensor::from_shape(&[n, c, hw, hw], &input)?.into();
+            let padding = PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]);
+            let conv = OneConv::new(n, c, c, (hw, hw), padding);
+            let input = conv.input()?;
             let plans: Vec<_> = algos
                 .iter()
-                .map(|&a| plan(n, c, hw, a))
+                .map(|&a| plan(&conv, a))
                 .collect::<TractResult<_>>()?;
             let outs: Vec<Vec<f32>> = plans
                 .iter()

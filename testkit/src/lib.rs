@@ -6,6 +6,7 @@
 //!   weights, and its spec.
 //! - [`sample`]: the generated sample images (families of pictures, header-only bombs).
 //! - [`cosine`]: cosine similarity of two vectors; [`run_ok`]: a command that must succeed.
+//! - For the benchmarks: [`median`] of timed runs, [`jpegs_under`] a directory of photos.
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod python;
@@ -28,6 +29,41 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     } else {
         dot / (na.sqrt() * nb.sqrt())
     }
+}
+
+/// The median of `v` (the mean of the middle two for an even count). Panics if `v` is empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty(), "the median of no runs");
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Every `.jpg`/`.jpeg` file under `dir` (recursively, any case), in path order; none if `dir`
+/// cannot be read.
+pub fn jpegs_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    entries.sort();
+    let mut out = Vec::new();
+    for p in entries {
+        if p.is_dir() {
+            out.extend(jpegs_under(&p));
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+        {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Runs `command` and returns its output; panics with `what` and the command's stderr if it

@@ -3,6 +3,7 @@
 //! [`WinogradConv`] op; every other op stays tract's.
 
 mod gemm;
+mod one_conv;
 mod op;
 mod transform;
 
@@ -10,6 +11,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+pub use one_conv::OneConv;
 pub use op::{Geometry, WinogradConv};
 pub use transform::{TileKind, F2, F4};
 
@@ -172,83 +174,18 @@ fn eligible(model: &TypedModel, id: usize) -> TractResult<Option<Eligible>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::cnn::PaddingSpec;
 
-    /// What a one-convolution model looks like to [`rewrite`].
-    struct Case {
-        n: usize,
-        c: usize,
-        k: usize,
-        hw: (usize, usize),
-        padding: PaddingSpec,
-        stride: usize,
-        group: usize,
-        /// Bias as one value for every channel (a scalar input), else one per channel.
-        scalar_bias: bool,
+    type Case = OneConv;
+
+    trait Compare {
+        fn run(&self, algorithm: ConvAlgorithm) -> (usize, f32);
     }
 
-    impl Case {
-        fn new(n: usize, c: usize, k: usize, hw: (usize, usize), padding: PaddingSpec) -> Case {
-            Case {
-                n,
-                c,
-                k,
-                hw,
-                padding,
-                stride: 1,
-                group: 1,
-                scalar_bias: false,
-            }
-        }
-
-        fn model(&self) -> TypedModel {
-            let mut model = TypedModel::default();
-            let (h, w) = self.hw;
-            let x = model
-                .add_source("x", f32::fact([self.n, self.c, h, w]))
-                .unwrap();
-            let cg = self.c / self.group;
-            let weights: Vec<f32> = (0..self.k * cg * 9)
-                .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
-                .collect();
-            let kernel = Tensor::from_shape(&[self.k, cg, 3, 3], &weights).unwrap();
-            let kernel = model.add_const("kernel", kernel).unwrap();
-            let bias = if self.scalar_bias {
-                tensor0(0.25f32)
-            } else {
-                let b: Vec<f32> = (0..self.k).map(|i| i as f32 * 0.01 - 0.1).collect();
-                Tensor::from_shape(&[self.k], &b).unwrap()
-            };
-            let bias = model.add_const("bias", bias).unwrap();
-            let conv = Conv {
-                pool_spec: PoolSpec {
-                    data_format: DataFormat::NCHW,
-                    kernel_shape: tvec![3, 3],
-                    padding: self.padding.clone(),
-                    dilations: None,
-                    strides: Some(tvec![self.stride, self.stride]),
-                    input_channels: self.c,
-                    output_channels: self.k,
-                },
-                kernel_fmt: KernelFormat::OIHW,
-                group: self.group,
-                q_params: None,
-            };
-            let y = model.wire_node("conv", conv, &[x, kernel, bias]).unwrap();
-            model.select_output_outlets(&y).unwrap();
-            model
-        }
-
+    impl Compare for OneConv {
         /// (Winograd ops put in, largest |difference| from tract's own plan).
         fn run(&self, algorithm: ConvAlgorithm) -> (usize, f32) {
-            let (h, w) = self.hw;
-            let len = self.n * self.c * h * w;
-            let input: Vec<f32> = (0..len)
-                .map(|i| (i * 104_729 % 2003) as f32 / 1001.5 - 1.0)
-                .collect();
-            let input: TValue = Tensor::from_shape(&[self.n, self.c, h, w], &input)
-                .unwrap()
-                .into();
+            let input = self.input().unwrap();
             let out = |model: TypedModel| {
                 let plan = model.into_optimized().unwrap().into_runnable().unwrap();
                 let out = plan.run(tvec![input.clone()]).unwrap().remove(0);
@@ -258,8 +195,8 @@ mod tests {
                     view.as_slice::<f32>().unwrap().to_vec(),
                 )
             };
-            let reference = out(self.model());
-            let mut model = self.model().into_decluttered().unwrap();
+            let reference = out(self.model().unwrap());
+            let mut model = self.model().unwrap().into_decluttered().unwrap();
             let replaced = rewrite(&mut model, algorithm).unwrap();
             let ours = out(model);
             assert_eq!(ours.0, reference.0, "output shape");

@@ -308,7 +308,8 @@ impl EvalOp for WinogradConv {
         );
         let view = input.try_as_plain_ram()?;
         let x = view.as_slice::<f32>()?;
-        let mut out = Tensor::zero::<f32>(&[g.n, g.k, g.out_h, g.out_w])?;
+        // SAFETY: `convolve` writes every output value (`to_nchw` fills each plane whole).
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&[g.n, g.k, g.out_h, g.out_w])? };
         {
             let mut out_view = out.try_as_plain_ram_mut()?;
             self.convolve(x, out_view.as_slice_mut::<f32>()?);
