@@ -178,36 +178,30 @@ mod tests {
 
     type Case = OneConv;
 
-    trait Compare {
-        fn run(&self, algorithm: ConvAlgorithm) -> (usize, f32);
-    }
-
-    impl Compare for OneConv {
-        /// (Winograd ops put in, largest |difference| from tract's own plan).
-        fn run(&self, algorithm: ConvAlgorithm) -> (usize, f32) {
-            let input = self.input().unwrap();
-            let out = |model: TypedModel| {
-                let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-                let out = plan.run(tvec![input.clone()]).unwrap().remove(0);
-                let view = out.try_as_plain_ram().unwrap();
-                (
-                    out.shape().to_vec(),
-                    view.as_slice::<f32>().unwrap().to_vec(),
-                )
-            };
-            let reference = out(self.model().unwrap());
-            let mut model = self.model().unwrap().into_decluttered().unwrap();
-            let replaced = rewrite(&mut model, algorithm).unwrap();
-            let ours = out(model);
-            assert_eq!(ours.0, reference.0, "output shape");
-            let diff = ours
-                .1
-                .iter()
-                .zip(&reference.1)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            (replaced, diff)
-        }
+    /// (Winograd ops put in, largest |difference| from tract's own plan) for `case`.
+    fn run(case: &OneConv, algorithm: ConvAlgorithm) -> (usize, f32) {
+        let input = case.input().unwrap();
+        let out = |model: TypedModel| {
+            let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+            let out = plan.run(tvec![input.clone()]).unwrap().remove(0);
+            let view = out.try_as_plain_ram().unwrap();
+            (
+                out.shape().to_vec(),
+                view.as_slice::<f32>().unwrap().to_vec(),
+            )
+        };
+        let reference = out(case.model().unwrap());
+        let mut model = case.model().unwrap().into_decluttered().unwrap();
+        let replaced = rewrite(&mut model, algorithm).unwrap();
+        let ours = out(model);
+        assert_eq!(ours.0, reference.0, "output shape");
+        let diff = ours
+            .1
+            .iter()
+            .zip(&reference.1)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        (replaced, diff)
     }
 
     #[test]
@@ -245,7 +239,7 @@ mod tests {
         ];
         for case in &cases {
             for algorithm in [ConvAlgorithm::F2, ConvAlgorithm::F4, ConvAlgorithm::Auto] {
-                let (replaced, diff) = case.run(algorithm);
+                let (replaced, diff) = run(case, algorithm);
                 assert_eq!(
                     replaced,
                     1,
@@ -279,7 +273,7 @@ mod tests {
             Case::new(1, 8, 12, (8, 8), same),
         ];
         for case in &cases {
-            let (replaced, diff) = case.run(ConvAlgorithm::Winograd);
+            let (replaced, diff) = run(case, ConvAlgorithm::Winograd);
             assert_eq!(
                 replaced,
                 0,
@@ -288,8 +282,10 @@ mod tests {
             );
             assert_eq!(diff, 0.0, "tract's own plan, untouched");
         }
-        let (replaced, diff) =
-            Case::new(1, 8, 8, (8, 8), PaddingSpec::Valid).run(ConvAlgorithm::Im2col);
+        let (replaced, diff) = run(
+            &Case::new(1, 8, 8, (8, 8), PaddingSpec::Valid),
+            ConvAlgorithm::Im2col,
+        );
         assert_eq!((replaced, diff), (0, 0.0), "im2col rewrites nothing");
     }
 
