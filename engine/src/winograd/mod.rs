@@ -6,6 +6,7 @@ mod gemm;
 mod one_conv;
 mod op;
 mod transform;
+mod transpose;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};

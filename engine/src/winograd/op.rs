@@ -9,6 +9,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::gemm::{self, PackedW, MR};
 use super::transform::{Lane, TileKind, LANES};
+use super::transpose::Transpose;
 
 /// Bytes of one block's transformed inputs and products together: small enough to stay in L2
 /// between the input transform, the GEMMs and the output transform (L2 is 512 KB here). Not
@@ -198,21 +199,30 @@ impl WinogradConv {
         (img, rest / lay.tiles_x, rest % lay.tiles_x)
     }
 
-    /// `xp[img][y + pad_top][x + pad_left][c] = input[img][c][y][x]`, zero elsewhere.
+    /// `xp[img][y + pad_top][x + pad_left][c] = input[img][c][y][x]`, zero elsewhere (only
+    /// the border is zeroed: the rest is overwritten).
     #[inline(always)]
     fn to_padded_nhwc(&self, input: &[f32], xp: &mut [f32], lay: &Layout) {
         let g = &self.geo;
-        xp.fill(0.0);
+        let (rows, cols) = (g.h.min(lay.hp - g.pad_top), g.w.min(lay.wp - g.pad_left));
+        let row_len = lay.wp * g.c;
+        let t = Transpose {
+            rows: g.c,
+            cols,
+            src_stride: g.h * g.w,
+            dst_stride: g.c,
+        };
         for img in 0..g.n {
-            for y in 0..g.h.min(lay.hp - g.pad_top) {
-                let row = &mut xp[((img * lay.hp + y + g.pad_top) * lay.wp + g.pad_left) * g.c..];
-                for c in 0..g.c {
-                    let src =
-                        &input[((img * g.c + c) * g.h + y) * g.w..][..g.w.min(lay.wp - g.pad_left)];
-                    for (x, &val) in src.iter().enumerate() {
-                        row[x * g.c + c] = val;
-                    }
+            for y in 0..lay.hp {
+                let row = &mut xp[(img * lay.hp + y) * row_len..][..row_len];
+                if !(g.pad_top..g.pad_top + rows).contains(&y) {
+                    row.fill(0.0);
+                    continue;
                 }
+                row[..g.pad_left * g.c].fill(0.0);
+                row[(g.pad_left + cols) * g.c..].fill(0.0);
+                let src = &input[(img * g.c * g.h + y - g.pad_top) * g.w..];
+                t.run(src, &mut row[g.pad_left * g.c..]);
             }
         }
     }
@@ -222,14 +232,14 @@ impl WinogradConv {
     fn to_nchw(&self, yb: &[f32], output: &mut [f32]) {
         let g = &self.geo;
         let plane = g.out_h * g.out_w;
+        let t = Transpose {
+            rows: plane,
+            cols: g.k,
+            src_stride: g.k,
+            dst_stride: plane,
+        };
         for img in 0..g.n {
-            let src = &yb[img * plane * g.k..][..plane * g.k];
-            for k in 0..g.k {
-                let dst = &mut output[(img * g.k + k) * plane..][..plane];
-                for (px, o) in dst.iter_mut().enumerate() {
-                    *o = src[px * g.k + k];
-                }
-            }
+            t.run(&yb[img * plane * g.k..], &mut output[img * g.k * plane..]);
         }
     }
 

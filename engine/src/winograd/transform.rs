@@ -71,61 +71,84 @@ const AT4: [[f32; 6]; 4] = [
     [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
-/// `out[i] = init + Σ_j mat[i][j] · src[j]`, lane by lane; zero coefficients skipped.
+/// `out[i] = Σ_j mat[i][j] · src[j]`, lane by lane; zero coefficients skipped. Plain loops
+/// over `const` matrices (no closures, no `array::from_fn`): once inlined, LLVM unrolls them
+/// and folds every coefficient, which it did not do through `from_fn`'s closures.
 #[inline(always)]
-fn mix<const R: usize, const C: usize>(
-    mat: &[[f32; C]; R],
-    src: &[Lane; C],
-    init: f32,
-) -> [Lane; R] {
-    let mut out = [[init; LANES]; R];
-    for (o, row) in out.iter_mut().zip(mat) {
-        for (&coef, s) in row.iter().zip(src) {
+#[allow(clippy::needless_range_loop)] // index loops: see the doc above
+fn mix<const R: usize, const C: usize>(mat: &[[f32; C]; R], src: &[Lane; C], out: &mut [Lane; R]) {
+    for i in 0..R {
+        let mut o = [0.0; LANES];
+        for j in 0..C {
+            let coef = mat[i][j];
             if coef != 0.0 {
-                for (x, y) in o.iter_mut().zip(s) {
-                    *x += coef * y;
+                for l in 0..LANES {
+                    o[l] += coef * src[j][l];
                 }
             }
         }
+        out[i] = o;
     }
-    out
 }
 
 /// `Bᵀ d B` for one tile: `d(i, j)` gives element (i, j), `v(ξ, values)` takes position ξ.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // see `mix`
 fn input<const A: usize>(
     bt: &[[f32; A]; A],
     d: impl Fn(usize, usize) -> Lane,
     mut v: impl FnMut(usize, &Lane),
 ) {
-    // t[i][b] = Σ_j Bᵀ[b][j] d[i][j], then V[a][b] = Σ_i Bᵀ[a][i] t[i][b].
-    let t: [[Lane; A]; A] =
-        std::array::from_fn(|i| mix(bt, &std::array::from_fn(|j| d(i, j)), 0.0));
-    let cols = (0..A).map(|b| (b, std::array::from_fn::<Lane, A, _>(|i| t[i][b])));
-    for (b, col) in cols {
-        for (a, x) in mix(bt, &col, 0.0).iter().enumerate() {
-            v(a * A + b, x);
+    // t[b][i] = Σ_j Bᵀ[b][j] d[i][j] (row transforms, stored transposed), then
+    // V[a][b] = Σ_i Bᵀ[a][i] t[b][i].
+    let mut t = [[[0.0; LANES]; A]; A];
+    let mut row = [[0.0; LANES]; A];
+    let mut mixed = [[0.0; LANES]; A];
+    for i in 0..A {
+        for j in 0..A {
+            row[j] = d(i, j);
+        }
+        mix(bt, &row, &mut mixed);
+        for b in 0..A {
+            t[b][i] = mixed[b];
+        }
+    }
+    for b in 0..A {
+        mix(bt, &t[b], &mut mixed);
+        for a in 0..A {
+            v(a * A + b, &mixed[a]);
         }
     }
 }
 
 /// `Aᵀ M A + bias` for one tile: `mm(ξ)` gives position ξ, `y(r, q, values)` takes output (r, q).
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // see `mix`
 fn output<const A: usize, const M: usize>(
     at: &[[f32; A]; M],
     mm: impl Fn(usize) -> Lane,
     bias: &Lane,
     mut y: impl FnMut(usize, usize, &Lane),
 ) {
-    // s[i][q] = Σ_j Aᵀ[q][j] M[i][j], then Y[r][q] = Σ_i Aᵀ[r][i] s[i][q] + bias.
-    let s: [[Lane; M]; A] =
-        std::array::from_fn(|i| mix(at, &std::array::from_fn(|j| mm(i * A + j)), 0.0));
-    let cols = (0..M).map(|q| (q, std::array::from_fn::<Lane, A, _>(|i| s[i][q])));
-    for (q, col) in cols {
-        for (r, out) in mix(at, &col, 0.0).iter().enumerate() {
-            let mut out = *out;
-            for (o, b) in out.iter_mut().zip(bias) {
-                *o += b;
+    // s[q][i] = Σ_j Aᵀ[q][j] M[i][j] (stored transposed), then Y[r][q] = Σ_i Aᵀ[r][i] s[q][i].
+    let mut s = [[[0.0; LANES]; A]; M];
+    let mut row = [[0.0; LANES]; A];
+    let mut mixed = [[0.0; LANES]; M];
+    for i in 0..A {
+        for j in 0..A {
+            row[j] = mm(i * A + j);
+        }
+        mix(at, &row, &mut mixed);
+        for q in 0..M {
+            s[q][i] = mixed[q];
+        }
+    }
+    for q in 0..M {
+        mix(at, &s[q], &mut mixed);
+        for r in 0..M {
+            let mut out = mixed[r];
+            for l in 0..LANES {
+                out[l] += bias[l];
             }
             y(r, q, &out);
         }
