@@ -11,7 +11,7 @@
 //! (the default) measures each convolution algorithm at every batch size, runs interleaved.
 //! Prints a Markdown section for BENCHMARKS.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -39,6 +39,10 @@ struct Args {
     /// Timed runs per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Decode figures: rounds of ours then PIL's (each `--runs` runs), alternating, so that
+    /// load on the shared machine falls on both; ratios are the median of the rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Images per inference run.
     #[arg(long, default_value_t = 16)]
     inference_images: usize,
@@ -149,6 +153,49 @@ fn time_infer(engines: &[Engine], inputs: &[Prepared], threads: usize, runs: usi
     })
 }
 
+/// Which half of the Python reference to run.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    Decode,
+    Inference,
+}
+
+/// Runs tests/reference/bench.py for one part; its JSON figures.
+fn reference(
+    args: &Args,
+    spec_path: &Path,
+    spec: &ModelSpec,
+    sets: &[(&str, Vec<PathBuf>)],
+    part: Part,
+) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let out_json = dir.path().join("py.json");
+    let mut cmd = Command::new(python::interpreter()?);
+    cmd.arg(python::workspace_root().join("tests/reference/bench.py"))
+        .arg(spec_path)
+        .arg(&out_json)
+        .arg("--runs")
+        .arg(args.runs.to_string())
+        .arg("--inference-images")
+        .arg(args.inference_images.to_string())
+        .arg("--model")
+        .arg(&spec.file)
+        .arg(match part {
+            Part::Decode => "--no-inference",
+            Part::Inference => "--no-prepare",
+        });
+    for (name, files) in sets {
+        cmd.arg("--set").arg(name).args(files);
+    }
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(&std::fs::read_to_string(&out_json)?)?)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let spec_path = match &args.spec {
@@ -200,62 +247,59 @@ fn main() -> anyhow::Result<()> {
         counts.join(", "),
         cores
     );
-    let prepare_ms: Vec<f64> = bytes
-        .iter()
-        .map(|files| time_prepare(&engine, files, args.runs))
-        .collect();
-
-    let py: Option<serde_json::Value> = if args.no_python {
+    // Decode rounds: ours, then PIL's, `--rounds` times.
+    let mut ours_rounds: Vec<Vec<f64>> = Vec::new();
+    let mut py_rounds: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        ours_rounds.push(
+            bytes
+                .iter()
+                .map(|files| time_prepare(&engine, files, args.runs))
+                .collect(),
+        );
+        if !args.no_python {
+            py_rounds.push(reference(&args, &spec_path, &spec, &sets, Part::Decode)?);
+        }
+    }
+    let py = if args.no_python || args.decode_only {
         None
     } else {
-        let dir = tempfile::tempdir()?;
-        let out_json = dir.path().join("py.json");
-        let mut cmd = Command::new(python::interpreter()?);
-        cmd.arg(python::workspace_root().join("tests/reference/bench.py"))
-            .arg(&spec_path)
-            .arg(&out_json)
-            .arg("--runs")
-            .arg(args.runs.to_string())
-            .arg("--inference-images")
-            .arg(args.inference_images.to_string())
-            .arg("--model")
-            .arg(&spec.file);
-        if args.decode_only {
-            cmd.arg("--no-inference");
-        }
-        for (name, files) in &sets {
-            cmd.arg("--set").arg(name).args(files);
-        }
-        let out = cmd.output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "bench.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(serde_json::from_str(&std::fs::read_to_string(&out_json)?)?)
+        Some(reference(&args, &spec_path, &spec, &sets, Part::Inference)?)
     };
     let pyf = |k: &str| py.as_ref().and_then(|v| v[k].as_f64());
     println!("### Engine benchmark: {} ({} cores)\n", spec.name, cores);
     println!("| figure | embatch (Rust) | Python reference | ratio (ref / ours for time, ours / ref for rate) |");
     println!("|---|---|---|---|");
-    let ratio_time =
-        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", t / ours));
     let ratio_rate =
         |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t));
     let fmt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
-    for ((label, files), ours) in sets.iter().zip(&prepare_ms) {
-        let draft = pyf(&format!("prepare_ms_{label}_draft"));
-        let draft1 = pyf(&format!("prepare_ms_{label}_draft1x"));
-        let full = pyf(&format!("prepare_ms_{label}_full"));
+    for (i, (label, files)) in sets.iter().enumerate() {
+        let ours = median(ours_rounds.iter().map(|r| r[i]).collect());
+        // (median ms over rounds, median over rounds of PIL's time / ours) of one PIL variant.
+        let theirs = |variant: &str| -> Option<(f64, f64)> {
+            let key = format!("prepare_ms_{label}_{variant}");
+            let per_round: Option<Vec<f64>> =
+                py_rounds.iter().map(|v| v[key.as_str()].as_f64()).collect();
+            let per_round = per_round.filter(|v| !v.is_empty())?;
+            let ratios = per_round
+                .iter()
+                .zip(&ours_rounds)
+                .map(|(t, o)| t / o[i])
+                .collect();
+            Some((median(per_round), median(ratios)))
+        };
+        let [draft, draft1, full] = ["draft", "draft1x", "full"].map(theirs);
+        let ms = |v: Option<(f64, f64)>| v.map_or("-".into(), |(t, _)| format!("{t:.2} ms"));
+        let ratio = |v: Option<(f64, f64)>| v.map_or("-".into(), |(_, r)| format!("{r:.2}x"));
         println!(
             "| decode+preprocess, {label} ({} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft() 2x: {} / draft() 1x: {} / full decode: {} | {} / {} / {} |",
             files.len(),
-            fmt(draft, "ms"),
-            fmt(draft1, "ms"),
-            fmt(full, "ms"),
-            ratio_time(*ours, draft),
-            ratio_time(*ours, draft1),
-            ratio_time(*ours, full)
+            ms(draft),
+            ms(draft1),
+            ms(full),
+            ratio(draft),
+            ratio(draft1),
+            ratio(full)
         );
     }
     if args.decode_only {

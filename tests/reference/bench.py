@@ -59,13 +59,14 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--inference-images", type=int, default=16)
     ap.add_argument("--no-inference", action="store_true")
+    ap.add_argument("--no-prepare", action="store_true", help="inference figures only")
     ap.add_argument("--set", nargs="+", action="append", default=[], metavar=("NAME", "JPEG"))
     a = ap.parse_args()
     spec = reference.load_spec(a.spec, a.model)
     res = {}
     sets = {s[0]: s[1:] for s in a.set}
     for label, paths in sets.items():
-        if paths:
+        if paths and not a.no_prepare:
             # draft(): shorter side kept >= 2 x the resize target, the engine's rule (the
             # parity bar on real photos needs it); draft1x: >= 1 x, PIL's usual use.
             res[f"prepare_ms_{label}_draft"] = time_prepare(paths, spec, a.runs, draft=2)
