@@ -199,8 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (uri, bucket) => Some(runs_root(bucket.as_deref(), uri.as_ref())?),
             };
             let layout = status::locate(&args.run, runs.as_ref())?;
+            let mut cache = status::ReportCache::default();
             let state = loop {
-                let state = status::run_status(&clients, &layout).await?;
+                let state = status::run_status(&clients, &layout, &mut cache).await?;
                 eprintln!("{}", state.line());
                 if !args.watch || state.finished {
                     break state;

@@ -1,7 +1,7 @@
 //! Following a submitted run: the Batch state of every child, and the counts the workers
 //! reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
@@ -139,11 +139,25 @@ pub async fn load_plan(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::R
     serde_json::from_slice(&bytes).with_context(|| format!("reading the run plan {uri}"))
 }
 
-/// The status of the run in `layout`.
-pub async fn run_status(clients: &Clients, layout: &RunLayout) -> anyhow::Result<RunStatus> {
+/// The reports read by earlier polls, by key, with the ETag each had. A poll lists the reports
+/// and GETs only those that are new or whose ETag changed (a retried child rewrites its
+/// reports), so that following a run of 10,000 children costs one `run.json` GET, one LIST
+/// per 1,000 reports, the GETs of the reports written since the last poll, and one
+/// `DescribeJobs` per 100 jobs, instead of 20,000 GETs a poll.
+#[derive(Debug, Default)]
+pub struct ReportCache {
+    seen: HashMap<String, (String, Report)>,
+}
+
+/// The status of the run in `layout`; `cache` keeps what this poll read for the next.
+pub async fn run_status(
+    clients: &Clients,
+    layout: &RunLayout,
+    cache: &mut ReportCache,
+) -> anyhow::Result<RunStatus> {
     let plan = load_plan(&clients.s3, layout).await?;
     let (jobs, failed_children) = job_states(&clients.batch, &plan).await?;
-    let reports = read_reports(&clients.s3, layout).await?;
+    let reports = read_reports(&clients.s3, layout, cache).await?;
 
     let mut children: BTreeMap<String, u64> = BTreeMap::new();
     for job in &jobs {
@@ -305,37 +319,39 @@ async fn failed_children(
     Ok(out)
 }
 
-/// Sums every `<n>.summary.json` and counts every `<n>.failures.jsonl` under `reports/`.
-async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Result<ReportTotals> {
+/// Sums every `<n>.summary.json` and counts every `<n>.failures.jsonl` under `reports/`,
+/// reading only what `cache` does not hold at its current ETag.
+async fn read_reports(
+    s3: &aws_sdk_s3::Client,
+    layout: &RunLayout,
+    cache: &mut ReportCache,
+) -> anyhow::Result<ReportTotals> {
     let prefix = layout.root.join("reports/");
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(&prefix.bucket)
-        .prefix(&prefix.key)
-        .max_keys(crate::listing::PAGE_SIZE)
-        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
-        .into_paginator()
-        .send();
-    let mut keys = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.with_context(|| format!("listing {prefix}"))?;
-        for encoded in page.contents().iter().filter_map(|o| o.key()) {
-            keys.push(
-                embatch_formats::s3uri::decode_listed_key(encoded)
-                    .with_context(|| format!("listing {prefix}"))?,
-            );
-        }
-    }
-
-    let reports: Vec<Report> = futures::stream::iter(keys)
-        .map(|key| read_report(s3, S3Uri::new(prefix.bucket.clone(), key)))
+    let listed = list_reports(s3, &prefix).await?;
+    let stale: Vec<(String, String)> = listed
+        .iter()
+        .filter(|(key, etag)| {
+            etag.is_empty() || cache.seen.get(key).is_none_or(|(seen, _)| seen != etag)
+        })
+        .cloned()
+        .collect();
+    let fresh: Vec<(String, String, Report)> = futures::stream::iter(stale)
+        .map(|(key, etag)| async {
+            let report = read_report(s3, S3Uri::new(prefix.bucket.clone(), key.clone())).await?;
+            anyhow::Ok((key, etag, report))
+        })
         .buffer_unordered(READ_CONCURRENCY)
-        .try_collect::<Vec<_>>()
+        .try_collect()
         .await?;
-
+    for (key, etag, report) in fresh {
+        cache.seen.insert(key, (etag, report));
+    }
     let mut totals = ReportTotals::default();
-    for report in reports {
-        match report {
+    // In key order, so that the failure examples are the same from poll to poll.
+    let mut keys: Vec<&String> = listed.iter().map(|(key, _)| key).collect();
+    keys.sort();
+    for key in keys {
+        match &cache.seen[key].1 {
             Report::Summary(s) => {
                 totals.summaries += 1;
                 totals.images += s.images;
@@ -346,12 +362,42 @@ async fn read_reports(s3: &aws_sdk_s3::Client, layout: &RunLayout) -> anyhow::Re
             Report::Failures(count, lines) => {
                 totals.failure_lines += count;
                 let room = EXAMPLES.saturating_sub(totals.failure_examples.len());
-                totals.failure_examples.extend(lines.into_iter().take(room));
+                totals
+                    .failure_examples
+                    .extend(lines.iter().take(room).cloned());
             }
             Report::None => {}
         }
     }
     Ok(totals)
+}
+
+/// Every object under `prefix`: (key, ETag), all pages.
+async fn list_reports(
+    s3: &aws_sdk_s3::Client,
+    prefix: &S3Uri,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(&prefix.bucket)
+        .prefix(&prefix.key)
+        .max_keys(crate::listing::PAGE_SIZE)
+        .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+        .into_paginator()
+        .send();
+    let mut listed = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.with_context(|| format!("listing {prefix}"))?;
+        for object in page.contents() {
+            let Some(encoded) = object.key() else {
+                continue;
+            };
+            let key = embatch_formats::s3uri::decode_listed_key(encoded)
+                .with_context(|| format!("listing {prefix}"))?;
+            listed.push((key, object.e_tag().unwrap_or_default().to_string()));
+        }
+    }
+    Ok(listed)
 }
 
 /// One report object: a summary, or a failure report's line count and first lines.
@@ -372,6 +418,8 @@ async fn read_report(s3: &aws_sdk_s3::Client, uri: S3Uri) -> anyhow::Result<Repo
     }
 }
 
+/// What one report object holds.
+#[derive(Debug)]
 enum Report {
     Summary(ChildSummary),
     Failures(u64, Vec<FailureLine>),

@@ -6,6 +6,9 @@ use common::Fixture;
 use embatch_formats::report::{ChildSummary, FailureLine};
 use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
+use embatch_localaws::faults::{FaultPlan, FaultProxy};
+use embatch_submitter::status::{run_status, ReportCache};
+use embatch_submitter::Clients;
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
@@ -98,6 +101,47 @@ async fn status_sums_the_reports_of_succeeded_children() {
     let mut watch = status.clone();
     watch.extend(strings(&["--watch", "--interval", "1"]));
     assert_eq!(f.embatch(&watch, None).await.code, 5);
+
+    polls_read_only_new_or_changed_reports(&f, &layout, failure).await;
+}
+
+/// Through a proxy that counts requests on the wire: a second poll with the same cache GETs
+/// none of the four reports again (only run.json and the listing), and a rewritten report
+/// (a retried child) is read again, once.
+async fn polls_read_only_new_or_changed_reports(
+    f: &Fixture,
+    layout: &RunLayout,
+    failure: FailureLine,
+) {
+    let proxy = FaultProxy::start(&f.emulator.endpoint(), FaultPlan::default()).unwrap();
+    let config = f.config.to_builder().endpoint_url(proxy.endpoint()).build();
+    let clients = Clients::new(&config);
+    let gets = || proxy.counts().operation("S3 GET");
+    let mut cache = ReportCache::default();
+    let first = run_status(&clients, layout, &mut cache).await.unwrap();
+    let first_gets = gets();
+    let second = run_status(&clients, layout, &mut cache).await.unwrap();
+    assert_eq!(second.reports, first.reports);
+    assert_eq!(
+        gets() - first_gets,
+        first_gets - 4,
+        "the second poll reads no report"
+    );
+
+    let uri = layout.failures(1);
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        lines.extend(serde_json::to_vec(&failure).unwrap());
+        lines.push(b'\n');
+    }
+    f.put(&uri.bucket, &uri.key, lines).await;
+    let before = gets();
+    let third = run_status(&clients, layout, &mut cache).await.unwrap();
+    assert_eq!(
+        third.reports.failure_lines, 2,
+        "the rewritten report is read"
+    );
+    assert_eq!(gets() - before, first_gets - 4 + 1, "and only it");
 }
 
 #[tokio::test]
