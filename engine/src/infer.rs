@@ -9,6 +9,7 @@ use tract_onnx::prelude::*;
 
 use crate::decode::ImageError;
 use crate::limits::Limits;
+use crate::maxpool;
 use crate::preprocess::Prepared;
 use crate::spec::{EmbeddingSelector, Layout, ModelFileError, ModelSpec};
 use crate::winograd::{self, ConvAlgorithm};
@@ -409,6 +410,12 @@ fn optimise(
     let replaced = winograd::rewrite(&mut typed, conv)
         .map_err(|e| model_err(format!("rewriting convolutions ({conv}): {e:#}")))?;
     tracing::debug!(model = %spec.name, %conv, replaced, "Winograd convolutions");
+    // `im2col` is tract's plan unchanged (the A/B baseline): no op of ours at all.
+    if conv != ConvAlgorithm::Im2col {
+        let pools = maxpool::rewrite(&mut typed)
+            .map_err(|e| model_err(format!("rewriting max pooling: {e:#}")))?;
+        tracing::debug!(model = %spec.name, pools, "row max pooling");
+    }
     typed
         .into_optimized()
         .and_then(|m| m.into_runnable())

@@ -19,6 +19,7 @@
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod infer;
+pub mod maxpool;
 pub mod winograd;
 
 pub use embatch_prepare::{

@@ -28,7 +28,8 @@ pub enum ConvAlgorithm {
     F2,
     /// Winograd F(4×4, 3×3) everywhere it applies (for measurement).
     F4,
-    /// tract's own im2col + matrix multiplication for every convolution.
+    /// tract's own plan, unchanged: im2col + matrix multiplication for every convolution, and
+    /// tract's max pooling (the other values also swap it for [`crate::maxpool::RowMaxPool`]).
     Im2col,
 }
 
