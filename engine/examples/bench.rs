@@ -7,8 +7,9 @@
 //! Without `--images`, synthetic photos are generated (8 small 500x375, 4 large 4000x3000, 2
 //! very large 6000x4000 baseline and 2 progressive JPEGs); without `--spec`, the generated
 //! ResNet18-architecture test model is used (same graph and cost as the real ResNet18).
-//! Figures are medians over `--runs` runs. `--decode-only` skips inference. `--conv auto,im2col`
-//! (the default) measures each convolution algorithm at every batch size, runs interleaved.
+//! Figures are medians over `--runs` runs, in `--rounds` rounds alternating with the
+//! reference. `--decode-only` skips inference. `--conv auto,im2col` (the default) measures
+//! each convolution algorithm at every batch size, runs interleaved.
 //! Prints a Markdown section for BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
@@ -39,8 +40,9 @@ struct Args {
     /// Timed runs per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Decode figures: rounds of ours then PIL's (each `--runs` runs), alternating, so that
-    /// load on the shared machine falls on both; ratios are the median of the rounds' ratios.
+    /// Rounds of ours then the reference's (each `--runs` runs), alternating, for the decode
+    /// and the inference figures, so that load on the shared machine falls on both; figures
+    /// are medians over the rounds, ratios the median of the rounds' ratios.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Images per inference run.
@@ -153,6 +155,47 @@ fn time_infer(engines: &[Engine], inputs: &[Prepared], threads: usize, runs: usi
     })
 }
 
+/// Our inference rate at one batch size and algorithm, images/s.
+struct Figure {
+    batch: usize,
+    conv: ConvAlgorithm,
+    /// On one thread.
+    one: f64,
+    /// On every core.
+    all: f64,
+}
+
+/// One round of our inference figures: every batch size, every algorithm.
+fn infer_figures(
+    args: &Args,
+    spec: &ModelSpec,
+    inputs: &[Prepared],
+    cores: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for &batch in &args.batches {
+        let engines: Vec<Engine> = args
+            .conv
+            .iter()
+            .map(|&conv| Engine::load_with(spec, EngineOptions { batch, conv }))
+            .collect::<Result<_, _>>()?;
+        let one = time_infer(&engines, inputs, 1, args.runs);
+        let all = time_infer(&engines, inputs, cores, args.runs);
+        for ((&conv, one), all) in args.conv.iter().zip(one).zip(all) {
+            eprintln!(
+                "batch {batch}, {conv}: {one:.1} img/s on 1 thread, {all:.1} img/s on {cores}"
+            );
+            figures.push(Figure {
+                batch,
+                conv,
+                one,
+                all,
+            });
+        }
+    }
+    Ok(figures)
+}
+
 /// Which half of the Python reference to run.
 #[derive(Clone, Copy, PartialEq)]
 enum Part {
@@ -261,17 +304,9 @@ fn main() -> anyhow::Result<()> {
             py_rounds.push(reference(&args, &spec_path, &spec, &sets, Part::Decode)?);
         }
     }
-    let py = if args.no_python || args.decode_only {
-        None
-    } else {
-        Some(reference(&args, &spec_path, &spec, &sets, Part::Inference)?)
-    };
-    let pyf = |k: &str| py.as_ref().and_then(|v| v[k].as_f64());
     println!("### Engine benchmark: {} ({} cores)\n", spec.name, cores);
     println!("| figure | embatch (Rust) | Python reference | ratio (ref / ours for time, ours / ref for rate) |");
     println!("|---|---|---|---|");
-    let ratio_rate =
-        |ours: f64, theirs: Option<f64>| theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t));
     let fmt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
     for (i, (label, files)) in sets.iter().enumerate() {
         let ours = median(ours_rounds.iter().map(|r| r[i]).collect());
@@ -316,46 +351,75 @@ fn main() -> anyhow::Result<()> {
             p
         })
         .collect();
-    let mut by_batch = Vec::new();
-    for &b in &args.batches {
-        let engines: Vec<Engine> = args
-            .conv
-            .iter()
-            .map(|&conv| Engine::load_with(&spec, EngineOptions { batch: b, conv }))
-            .collect::<Result<_, _>>()?;
-        let one = time_infer(&engines, &inputs, 1, args.runs);
-        let all = time_infer(&engines, &inputs, cores, args.runs);
-        for ((conv, one), all) in args.conv.iter().zip(one).zip(all) {
-            eprintln!("batch {b}, {conv}: {one:.1} img/s on 1 thread, {all:.1} img/s on {cores}");
-            by_batch.push((b, *conv, one, all));
-        }
+    // Inference rounds: ours at every batch size and algorithm, then onnxruntime's.
+    let mut rounds: Vec<(Vec<Figure>, Option<serde_json::Value>)> = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let ours = infer_figures(&args, &spec, &inputs, cores)?;
+        let ort = if args.no_python {
+            None
+        } else {
+            Some(reference(&args, &spec_path, &spec, &sets, Part::Inference)?)
+        };
+        rounds.push((ours, ort));
     }
-    let (_, _, one_thread, all_cores) = *by_batch
+    // onnxruntime's figure of round r: one thread, or the best of batch 1 and 8 on all cores.
+    let ort_of = |r: usize, all_cores: bool| -> Option<f64> {
+        let v = rounds[r].1.as_ref()?;
+        if !all_cores {
+            return v["infer_img_s_1thread"].as_f64();
+        }
+        let (a, b) = (
+            v["infer_img_s_all_cores_batch1"].as_f64(),
+            v["infer_img_s_all_cores_batch8"].as_f64(),
+        );
+        a.zip(b).map(|(a, b)| a.max(b)).or(a).or(b)
+    };
+    let ort_median = |all_cores: bool| -> Option<f64> {
+        let v: Option<Vec<f64>> = (0..rounds.len()).map(|r| ort_of(r, all_cores)).collect();
+        v.map(median)
+    };
+    // Figure i over the rounds: (median 1-thread, median all-cores, median of the rounds'
+    // 1-thread and all-cores ratios to onnxruntime).
+    let summary = |i: usize| {
+        let med = |f: &dyn Fn(&Figure) -> f64| median(rounds.iter().map(|r| f(&r.0[i])).collect());
+        let ratio = |all_cores: bool| -> Option<f64> {
+            let v: Option<Vec<f64>> = (0..rounds.len())
+                .map(|r| {
+                    let ours = if all_cores {
+                        rounds[r].0[i].all
+                    } else {
+                        rounds[r].0[i].one
+                    };
+                    ort_of(r, all_cores).map(|t| ours / t)
+                })
+                .collect();
+            v.map(median)
+        };
+        (med(&|f| f.one), med(&|f| f.all), ratio(false), ratio(true))
+    };
+    let headline = rounds[0]
+        .0
         .iter()
-        .find(|(b, ..)| *b == engine.preferred_batch())
-        .unwrap_or(&by_batch[0]);
+        .position(|f| f.batch == engine.preferred_batch())
+        .unwrap_or(0);
+    let (one_thread, all_cores, ratio1, ration) = summary(headline);
+    let ort1 = ort_median(false);
+    let ortn = ort_median(true);
+    let ratio_fmt = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
 
     let gmac = args
         .gmac
         .or_else(|| spec.name.contains("resnet18").then_some(1.814e9));
-    let ort1 = pyf("infer_img_s_1thread");
-    let ortn = match (
-        pyf("infer_img_s_all_cores_batch1"),
-        pyf("infer_img_s_all_cores_batch8"),
-    ) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
     println!(
         "| inference, img/s, 1 core (batch {}) | {one_thread:.1} | onnxruntime: {} | {} |",
         engine.preferred_batch(),
         fmt(ort1, ""),
-        ratio_rate(one_thread, ort1)
+        ratio_fmt(ratio1)
     );
     println!(
         "| inference, img/s, all {cores} cores | {all_cores:.1} | onnxruntime (best of batch 1/8): {} | {} |",
         fmt(ortn, ""),
-        ratio_rate(all_cores, ortn)
+        ratio_fmt(ration)
     );
     if let Some(g) = gmac {
         let frac = |rate: f64| rate * g * 2.0 / (args.peak_gflops_per_core * 1e9);
@@ -370,10 +434,13 @@ fn main() -> anyhow::Result<()> {
     println!("\nBatch size and convolution algorithm (this engine): images/s on 1 thread / on {cores} threads, against onnxruntime\n");
     println!("| batch | convolutions | 1 thread | {cores} threads | 1 thread / onnxruntime |");
     println!("|---|---|---|---|---|");
-    for (b, conv, one, all) in by_batch {
+    for (i, f) in rounds[0].0.iter().enumerate() {
+        let (one, all, ratio, _) = summary(i);
         println!(
-            "| {b} | {conv} | {one:.1} | {all:.1} | {} |",
-            ratio_rate(one, ort1)
+            "| {} | {} | {one:.1} | {all:.1} | {} |",
+            f.batch,
+            f.conv,
+            ratio_fmt(ratio)
         );
     }
     Ok(())
