@@ -20,6 +20,7 @@
 
 pub mod infer;
 pub mod maxpool;
+mod rewrite;
 pub mod winograd;
 
 pub use embatch_prepare::{

@@ -9,6 +9,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::rewrite::{all_ones, eval_f32, replace_nodes};
+
 /// Shape of one pooling.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolGeometry {
@@ -40,18 +42,9 @@ pub struct RowMaxPool {
 /// Replaces every eligible `MaxPool` of `model` (typed, before optimisation) by a
 /// [`RowMaxPool`]; returns how many were replaced.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let Some(geo) = eligible(model, id)? else {
-            continue;
-        };
-        let node = model.node(id);
-        let input = node.inputs[0];
-        TypedModelPatch::replace_single_op(model, node, &[input], RowMaxPool { geo })?
-            .apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+    replace_nodes(model, |model, id| {
+        Ok(eligible(model, id)?.map(|geo| RowMaxPool { geo }))
+    })
 }
 
 /// Node `id` if it is a max pooling this op computes.
@@ -61,11 +54,10 @@ fn eligible(model: &TypedModel, id: usize) -> TractResult<Option<PoolGeometry>> 
         return Ok(None);
     };
     let spec = &pool.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
     if pool.with_index_outputs.is_some()
         || spec.data_format != DataFormat::NCHW
         || spec.kernel_shape.len() != 2
-        || !ones(&spec.dilations)
+        || !all_ones(&spec.dilations)
     {
         return Ok(None);
     }
@@ -155,14 +147,8 @@ impl EvalOp for RowMaxPool {
             g.w,
             input.shape()
         );
-        let view = input.try_as_plain_ram()?;
-        // SAFETY: `pool` writes every output value (each output row whole).
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&g.out_shape)? };
-        {
-            let mut out_view = out.try_as_plain_ram_mut()?;
-            self.pool(view.as_slice::<f32>()?, out_view.as_slice_mut::<f32>()?);
-        }
-        Ok(tvec!(out.into_tvalue()))
+        // `pool` writes every output value (each output row whole).
+        eval_f32(&input, &g.out_shape, |x, y| self.pool(x, y))
     }
 }
 

@@ -12,6 +12,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::rewrite::{all_ones, replace_nodes};
+
 pub use one_conv::OneConv;
 pub use op::{Geometry, WinogradConv};
 pub use transform::{TileKind, F2, F4};
@@ -77,21 +79,14 @@ impl ConvAlgorithm {
 /// Replaces the eligible convolutions of `model` (typed, before optimisation) by Winograd
 /// ops as `algorithm` chooses; returns how many were replaced.
 pub fn rewrite(model: &mut TypedModel, algorithm: ConvAlgorithm) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
+    replace_nodes(model, |model, id| {
         let Some(Eligible { geo, weights, bias }) = eligible(model, id)? else {
-            continue;
+            return Ok(None);
         };
-        let Some(tile) = algorithm.tile_for(&geo) else {
-            continue;
-        };
-        let op = WinogradConv::new(tile, geo, &weights, bias);
-        let node = model.node(id);
-        let input = node.inputs[0];
-        TypedModelPatch::replace_single_op(model, node, &[input], op)?.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+        Ok(algorithm
+            .tile_for(&geo)
+            .map(|tile| WinogradConv::new(tile, geo, &weights, bias)))
+    })
 }
 
 /// A convolution Winograd computes.
@@ -111,14 +106,13 @@ fn eligible(model: &TypedModel, id: usize) -> TractResult<Option<Eligible>> {
         return Ok(None);
     };
     let spec = &conv.pool_spec;
-    let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
     if conv.q_params.is_some()
         || conv.group != 1
         || conv.kernel_fmt != KernelFormat::OIHW
         || spec.data_format != DataFormat::NCHW
         || spec.kernel_shape.as_slice() != [3, 3]
-        || !ones(&spec.strides)
-        || !ones(&spec.dilations)
+        || !all_ones(&spec.strides)
+        || !all_ones(&spec.dilations)
         || node.inputs.len() != 3
     {
         return Ok(None);

@@ -10,6 +10,7 @@ use tract_onnx::tract_core::internal::*;
 use super::gemm::{self, PackedW, MR};
 use super::transform::{Lane, TileKind, LANES};
 use super::transpose::Transpose;
+use crate::rewrite::eval_f32;
 
 /// Bytes of one block's transformed inputs and products together: small enough to stay in L2
 /// between the input transform, the GEMMs and the output transform (L2 is 512 KB here). Not
@@ -316,15 +317,10 @@ impl EvalOp for WinogradConv {
             [g.n, g.c, g.h, g.w],
             input.shape()
         );
-        let view = input.try_as_plain_ram()?;
-        let x = view.as_slice::<f32>()?;
-        // SAFETY: `convolve` writes every output value (`to_nchw` fills each plane whole).
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&[g.n, g.k, g.out_h, g.out_w])? };
-        {
-            let mut out_view = out.try_as_plain_ram_mut()?;
-            self.convolve(x, out_view.as_slice_mut::<f32>()?);
-        }
-        Ok(tvec!(out.into_tvalue()))
+        // `convolve` writes every output value (`to_nchw` fills each plane whole).
+        eval_f32(&input, &[g.n, g.k, g.out_h, g.out_w], |x, y| {
+            self.convolve(x, y)
+        })
     }
 }
 

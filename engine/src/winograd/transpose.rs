@@ -75,7 +75,11 @@ mod avx {
     /// One 8×8 block: unpack pairs of rows, shuffle quads, swap 128-bit halves.
     #[target_feature(enable = "avx")]
     pub unsafe fn block(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        // Plain loads, not `array::from_fn`, whose closure LLVM may leave un-inlined here.
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (i, ri) in r.iter_mut().enumerate() {
+            *ri = _mm256_loadu_ps(src.add(i * ss));
+        }
         let t = [
             _mm256_unpacklo_ps(r[0], r[1]),
             _mm256_unpackhi_ps(r[0], r[1]),
