@@ -155,6 +155,32 @@ fn time_infer(engines: &[Engine], inputs: &[Prepared], threads: usize, runs: usi
     })
 }
 
+/// Medians over the rounds of our figure, the reference's, and the rounds' own
+/// `ratio(ours, theirs)`; the last two `None` where a round lacks the reference's figure.
+fn across_rounds(
+    pairs: &[(f64, Option<f64>)],
+    ratio: impl Fn(f64, f64) -> f64,
+) -> (f64, Option<f64>, Option<f64>) {
+    let ours = median(pairs.iter().map(|p| p.0).collect());
+    let theirs: Option<Vec<f64>> = pairs.iter().map(|p| p.1).collect();
+    let ratios: Option<Vec<f64>> = pairs.iter().map(|&(o, t)| t.map(|t| ratio(o, t))).collect();
+    (ours, theirs.map(median), ratios.map(median))
+}
+
+/// onnxruntime's images/s in one round's figures: one thread, or the best of batch 1 and 8 on
+/// all cores.
+fn ort_figure(figures: Option<&serde_json::Value>, all_cores: bool) -> Option<f64> {
+    let v = figures?;
+    if !all_cores {
+        return v["infer_img_s_1thread"].as_f64();
+    }
+    let (a, b) = (
+        v["infer_img_s_all_cores_batch1"].as_f64(),
+        v["infer_img_s_all_cores_batch8"].as_f64(),
+    );
+    a.zip(b).map(|(a, b)| a.max(b)).or(a).or(b)
+}
+
 /// Our inference rate at one batch size and algorithm, images/s.
 struct Figure {
     batch: usize,
@@ -291,50 +317,44 @@ fn main() -> anyhow::Result<()> {
         cores
     );
     // Decode rounds: ours, then PIL's, `--rounds` times.
-    let mut ours_rounds: Vec<Vec<f64>> = Vec::new();
-    let mut py_rounds: Vec<serde_json::Value> = Vec::new();
+    let mut decode_rounds: Vec<(Vec<f64>, Option<serde_json::Value>)> = Vec::new();
     for _ in 0..args.rounds.max(1) {
-        ours_rounds.push(
-            bytes
-                .iter()
-                .map(|files| time_prepare(&engine, files, args.runs))
-                .collect(),
-        );
-        if !args.no_python {
-            py_rounds.push(reference(&args, &spec_path, &spec, &sets, Part::Decode)?);
-        }
+        let ours = bytes
+            .iter()
+            .map(|files| time_prepare(&engine, files, args.runs))
+            .collect();
+        let pil = if args.no_python {
+            None
+        } else {
+            Some(reference(&args, &spec_path, &spec, &sets, Part::Decode)?)
+        };
+        decode_rounds.push((ours, pil));
     }
     println!("### Engine benchmark: {} ({} cores)\n", spec.name, cores);
     println!("| figure | embatch (Rust) | Python reference | ratio (ref / ours for time, ours / ref for rate) |");
     println!("|---|---|---|---|");
     let fmt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
+    let ratio_fmt = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
     for (i, (label, files)) in sets.iter().enumerate() {
-        let ours = median(ours_rounds.iter().map(|r| r[i]).collect());
-        // (median ms over rounds, median over rounds of PIL's time / ours) of one PIL variant.
-        let theirs = |variant: &str| -> Option<(f64, f64)> {
-            let key = format!("prepare_ms_{label}_{variant}");
-            let per_round: Option<Vec<f64>> =
-                py_rounds.iter().map(|v| v[key.as_str()].as_f64()).collect();
-            let per_round = per_round.filter(|v| !v.is_empty())?;
-            let ratios = per_round
+        let variant = |name: &str| {
+            let key = format!("prepare_ms_{label}_{name}");
+            let pairs: Vec<(f64, Option<f64>)> = decode_rounds
                 .iter()
-                .zip(&ours_rounds)
-                .map(|(t, o)| t / o[i])
+                .map(|(ours, pil)| (ours[i], pil.as_ref().and_then(|v| v[key.as_str()].as_f64())))
                 .collect();
-            Some((median(per_round), median(ratios)))
+            across_rounds(&pairs, |ours, pil| pil / ours)
         };
-        let [draft, draft1, full] = ["draft", "draft1x", "full"].map(theirs);
-        let ms = |v: Option<(f64, f64)>| v.map_or("-".into(), |(t, _)| format!("{t:.2} ms"));
-        let ratio = |v: Option<(f64, f64)>| v.map_or("-".into(), |(_, r)| format!("{r:.2}x"));
+        let [draft, draft1, full] = ["draft", "draft1x", "full"].map(variant);
         println!(
-            "| decode+preprocess, {label} ({} JPEGs), ms/image, 1 thread | {ours:.2} ms | PIL draft() 2x: {} / draft() 1x: {} / full decode: {} | {} / {} / {} |",
+            "| decode+preprocess, {label} ({} JPEGs), ms/image, 1 thread | {:.2} ms | PIL draft() 2x: {} / draft() 1x: {} / full decode: {} | {} / {} / {} |",
             files.len(),
-            ms(draft),
-            ms(draft1),
-            ms(full),
-            ratio(draft),
-            ratio(draft1),
-            ratio(full)
+            draft.0,
+            fmt(draft.1, "ms"),
+            fmt(draft1.1, "ms"),
+            fmt(full.1, "ms"),
+            ratio_fmt(draft.2),
+            ratio_fmt(draft1.2),
+            ratio_fmt(full.2)
         );
     }
     if args.decode_only {
@@ -362,50 +382,27 @@ fn main() -> anyhow::Result<()> {
         };
         rounds.push((ours, ort));
     }
-    // onnxruntime's figure of round r: one thread, or the best of batch 1 and 8 on all cores.
-    let ort_of = |r: usize, all_cores: bool| -> Option<f64> {
-        let v = rounds[r].1.as_ref()?;
-        if !all_cores {
-            return v["infer_img_s_1thread"].as_f64();
-        }
-        let (a, b) = (
-            v["infer_img_s_all_cores_batch1"].as_f64(),
-            v["infer_img_s_all_cores_batch8"].as_f64(),
-        );
-        a.zip(b).map(|(a, b)| a.max(b)).or(a).or(b)
-    };
-    let ort_median = |all_cores: bool| -> Option<f64> {
-        let v: Option<Vec<f64>> = (0..rounds.len()).map(|r| ort_of(r, all_cores)).collect();
-        v.map(median)
-    };
-    // Figure i over the rounds: (median 1-thread, median all-cores, median of the rounds'
-    // 1-thread and all-cores ratios to onnxruntime).
-    let summary = |i: usize| {
-        let med = |f: &dyn Fn(&Figure) -> f64| median(rounds.iter().map(|r| f(&r.0[i])).collect());
-        let ratio = |all_cores: bool| -> Option<f64> {
-            let v: Option<Vec<f64>> = (0..rounds.len())
-                .map(|r| {
-                    let ours = if all_cores {
-                        rounds[r].0[i].all
-                    } else {
-                        rounds[r].0[i].one
-                    };
-                    ort_of(r, all_cores).map(|t| ours / t)
-                })
-                .collect();
-            v.map(median)
-        };
-        (med(&|f| f.one), med(&|f| f.all), ratio(false), ratio(true))
+    // Figure i over the rounds, on one thread or on all cores: (ours, onnxruntime, ratio).
+    let summary = |i: usize, all_cores: bool| {
+        let pairs: Vec<(f64, Option<f64>)> = rounds
+            .iter()
+            .map(|(ours, ort)| {
+                let f = &ours[i];
+                (
+                    if all_cores { f.all } else { f.one },
+                    ort_figure(ort.as_ref(), all_cores),
+                )
+            })
+            .collect();
+        across_rounds(&pairs, |ours, ort| ours / ort)
     };
     let headline = rounds[0]
         .0
         .iter()
         .position(|f| f.batch == engine.preferred_batch())
         .unwrap_or(0);
-    let (one_thread, all_cores, ratio1, ration) = summary(headline);
-    let ort1 = ort_median(false);
-    let ortn = ort_median(true);
-    let ratio_fmt = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
+    let (one_thread, ort1, ratio1) = summary(headline, false);
+    let (all_cores, ortn, ration) = summary(headline, true);
 
     let gmac = args
         .gmac
@@ -435,7 +432,7 @@ fn main() -> anyhow::Result<()> {
     println!("| batch | convolutions | 1 thread | {cores} threads | 1 thread / onnxruntime |");
     println!("|---|---|---|---|---|");
     for (i, f) in rounds[0].0.iter().enumerate() {
-        let (one, all, ratio, _) = summary(i);
+        let ((one, _, ratio), (all, ..)) = (summary(i, false), summary(i, true));
         println!(
             "| {} | {} | {one:.1} | {all:.1} | {} |",
             f.batch,
