@@ -5,10 +5,12 @@
 //! - [`test_model`]: the generated ResNet18-architecture ONNX model with deterministic random
 //!   weights, and its spec.
 //! - [`sample`]: the generated sample images (families of pictures, header-only bombs).
+//! - [`peak_memory`]: a command's peak resident set size.
 //! - [`cosine`]: cosine similarity of two vectors; [`run_ok`]: a command that must succeed.
 //! - For the benchmarks: [`median`] of timed runs, [`jpegs_under`] a directory of photos.
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
+pub mod peak_memory;
 pub mod python;
 pub mod sample;
 pub mod test_model;

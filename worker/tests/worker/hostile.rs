@@ -18,6 +18,7 @@ use embatch_formats::manifest::ManifestLine;
 use embatch_formats::run::exit;
 use embatch_localaws::sample::png_declaring;
 use embatch_records::reader::TableReader;
+use embatch_testkit::peak_memory::run_measured;
 use image::ImageFormat;
 
 use crate::common;

@@ -10,9 +10,9 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::hostile::run_measured;
 use common::*;
 use embatch_formats::run::{env, exit};
+use embatch_testkit::peak_memory::run_measured;
 use image::{ImageBuffer, ImageFormat, Rgba};
 
 /// A stub of the ECS container metadata endpoint v4 on 127.0.0.1, answering every GET with
