@@ -5,6 +5,8 @@
 //! - [`run`]: where a run's files live in S3, the environment the submitter hands each
 //!   Batch child, and the worker's exit codes.
 //! - [`s3uri`]: `s3://bucket/key` parsed and printed.
+//! - [`spec`]: the model spec (a TOML file beside the ONNX model), read by the worker and
+//!   the engine to run the model and by the submitter to check the table's model.
 //!
 //! No AWS client and no CLI: what reads or writes these files (the fuzz targets included)
 //! compiles this crate alone. The vector table's item lives with the table library
@@ -16,3 +18,4 @@ pub mod manifest;
 pub mod report;
 pub mod run;
 pub mod s3uri;
+pub mod spec;

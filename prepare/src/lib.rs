@@ -20,7 +20,7 @@ pub mod decode;
 pub mod jpeg;
 pub mod limits;
 pub mod preprocess;
-pub mod spec;
+pub use embatch_formats::spec;
 
 pub use decode::{ImageError, BACKGROUND};
 pub use limits::Limits;
