@@ -5,7 +5,8 @@ the deployment's outputs and the IAM policies of its three principals, as deploy
     deployed_policies.py terraform --endpoint http://127.0.0.1:PORT
 
 - cloudformation: the stack of deploy/cloudformation/embatch.yaml, created as deploy/test-stack
-  creates it (emulated_stack.create_network + create_stack, default parameters but the network),
+  creates it (emulated_stack.create_network + create_stack, default parameters but the network
+  and VectorBucketName),
   and its policies read back through the IAM API.
 - terraform: deploy/terraform/modules/embatch applied against the emulator (provider endpoints
   overridden, offline provider mirror), and its policies from `terraform show -json`.
@@ -28,6 +29,9 @@ from emulated_stack import ROOT, clients, create_network, create_stack
 from test_stack import policy_document
 
 PREFIXES = ["images/", "more/images/"]
+# The S3 Vectors bucket the reader is granted (the flows create it: neither the emulator's
+# CloudFormation nor the Terraform provider can).
+VECTOR_BUCKET = "embatch-test-vector-index"
 TF_PLUGIN_DIR = os.environ.get("TF_PLUGIN_DIR", "/opt/tf-plugins")
 
 
@@ -71,7 +75,7 @@ def cloudformation(url: str) -> dict:
     # create_stack prints its checks; keep stdout for the JSON.
     sys.stdout, real = sys.stderr, sys.stdout
     try:
-        out = create_stack(c, subnet, sg, role, ",".join(PREFIXES))
+        out = create_stack(c, subnet, sg, role, ",".join(PREFIXES), {"VectorBucketName": VECTOR_BUCKET})
     finally:
         sys.stdout = real
     iam = c["iam"]
@@ -80,6 +84,8 @@ def cloudformation(url: str) -> dict:
             "bucket": out["BucketName"],
             "image_prefixes": out["ImagePrefixes"].split(","),
             "run_root": out["RunRoot"],
+            "export_root": out["ExportRoot"],
+            "vector_bucket": out["VectorBucketName"],
             "table": out["TableName"],
             "job_queue": out["JobQueueArn"],
             "job_definition": out["JobDefinitionName"],
@@ -89,7 +95,7 @@ def cloudformation(url: str) -> dict:
         "principals": {
             "submitter": [managed(iam, out["SubmitterPolicyArn"])],
             "worker": role_policies(iam, out["JobRoleArn"]),
-            "reader": [managed(iam, out["ReaderPolicyArn"])],
+            "reader": [managed(iam, out["ReaderPolicyArn"]), managed(iam, out["VectorIndexPolicyArn"])],
         },
         "bucket_policy": bucket_policy(c["s3"], out["BucketName"]),
     }
@@ -140,13 +146,15 @@ module "embatch" {{
   security_group_ids     = [aws_security_group.g.id]
   batch_service_role_arn = aws_iam_role.service.arn
   image_prefixes         = {prefixes}
+  vector_bucket_name     = "{vector_bucket}"
 }}
 output "embatch" {{ value = module.embatch }}
 """
 
 # What the flows need; the bucket's lifecycle rules (a minute of polling against the emulator)
 # and the instance role's AWS-managed policy (absent from the emulator) are not among them.
-TF_TARGETS = ["aws_iam_policy.submitter", "aws_iam_policy.reader", "aws_iam_role_policy.job",
+TF_TARGETS = ["aws_iam_policy.submitter", "aws_iam_policy.reader", "aws_iam_policy.vector_index",
+              "aws_iam_role_policy.job",
               "aws_batch_job_definition.worker", "aws_s3_bucket_policy.images"]
 
 
@@ -154,7 +162,8 @@ def terraform(url: str) -> dict:
     module = ROOT / "deploy" / "terraform" / "modules" / "embatch"
     (ROOT / "target").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "target", prefix="iam-terraform-") as work:
-        Path(work, "main.tf").write_text(ROOT_MODULE.format(url=url, module=module, prefixes=json.dumps(PREFIXES)))
+        Path(work, "main.tf").write_text(ROOT_MODULE.format(url=url, module=module, prefixes=json.dumps(PREFIXES),
+                                                              vector_bucket=VECTOR_BUCKET))
         env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
 
         def tf(*args: str) -> str:
@@ -193,6 +202,8 @@ def terraform(url: str) -> dict:
             "bucket": bucket,
             "image_prefixes": PREFIXES,
             "run_root": f"s3://{bucket}/embatch-runs/",
+            "export_root": f"s3://{bucket}/embatch-exports/",
+            "vector_bucket": VECTOR_BUCKET,
             "table": value("aws_dynamodb_table.vectors", "name"),
             "job_queue": value("aws_batch_job_queue.this", "arn"),
             "job_definition": value("aws_batch_job_definition.worker", "name"),
@@ -202,7 +213,8 @@ def terraform(url: str) -> dict:
         "principals": {
             "submitter": [policy("module.embatch.aws_iam_policy.submitter", "submitter")],
             "worker": [policy("module.embatch.aws_iam_role_policy.job", "embatch-worker")],
-            "reader": [policy("module.embatch.aws_iam_policy.reader", "reader")],
+            "reader": [policy("module.embatch.aws_iam_policy.reader", "reader"),
+                       policy("module.embatch.aws_iam_policy.vector_index[0]", "vector-index")],
         },
         "bucket_policy": json.loads(resources["module.embatch.aws_s3_bucket_policy.images"]["policy"]),
     }

@@ -135,7 +135,9 @@ def create_network(c: dict) -> tuple[str, str, str]:
     return subnet, sg, role
 
 
-def create_stack(c: dict, subnet: str, sg: str, service_role: str, prefixes: str) -> dict:
+def create_stack(c: dict, subnet: str, sg: str, service_role: str, prefixes: str,
+                 extra: dict[str, str] | None = None) -> dict:
+    """Creates the stack (the network given, `extra` parameters besides); returns its outputs."""
     cfn = c["cloudformation"]
     cfn.create_stack(
         StackName=STACK,
@@ -148,7 +150,7 @@ def create_stack(c: dict, subnet: str, sg: str, service_role: str, prefixes: str
             {"ParameterKey": "ImagePrefixes", "ParameterValue": prefixes},
             # moto does not split the *default* of a list parameter: pass every list explicitly.
             {"ParameterKey": "InstanceTypes", "ParameterValue": "c7i,c6i,c6a,c5"},
-        ],
+        ] + [{"ParameterKey": k, "ParameterValue": v} for k, v in (extra or {}).items()],
     )
     cfn.get_waiter("stack_create_complete").wait(
         StackName=STACK, WaiterConfig={"Delay": 1, "MaxAttempts": 60})

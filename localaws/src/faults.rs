@@ -86,6 +86,11 @@ pub enum Match {
         /// The operation as it appears in the path `/v1/<operation>`.
         operation: Option<String>,
     },
+    /// Amazon S3 Vectors requests, of one operation (its path: `"PutVectors"`) or all.
+    S3Vectors {
+        /// The operation as it appears in the path `/<operation>`.
+        operation: Option<String>,
+    },
     /// S3 requests (path-style addressing: `/bucket/key`).
     S3 {
         /// The HTTP method, or any.
@@ -135,14 +140,24 @@ impl Match {
         }
     }
 
-    fn matches(&self, request: &Seen) -> bool {
-        if let Match::Batch { operation } = self {
-            return request
-                .batch
-                .as_ref()
-                .is_some_and(|op| operation.as_ref().is_none_or(|o| o == op));
+    /// One Amazon S3 Vectors operation, e.g. `Match::s3vectors("PutVectors")`.
+    pub fn s3vectors(operation: &str) -> Self {
+        Match::S3Vectors {
+            operation: Some(operation.to_string()),
         }
-        if request.batch.is_some() {
+    }
+
+    fn matches(&self, request: &Seen) -> bool {
+        let rest = |seen: &Option<String>, wanted: &Option<String>| {
+            seen.as_ref()
+                .is_some_and(|op| wanted.as_ref().is_none_or(|o| o == op))
+        };
+        match self {
+            Match::Batch { operation } => return rest(&request.batch, operation),
+            Match::S3Vectors { operation } => return rest(&request.s3vectors, operation),
+            _ => {}
+        }
+        if request.batch.is_some() || request.s3vectors.is_some() {
             return matches!(self, Match::Any);
         }
         match (self, &request.operation) {
@@ -300,7 +315,8 @@ pub struct FaultCounts {
     pub by_kind: BTreeMap<&'static str, u64>,
     /// Items and keys returned as unprocessed by [`Fault::Unprocessed`].
     pub withheld: u64,
-    /// The most items (`BatchWriteItem`) or keys (`BatchGetItem`) seen in one request.
+    /// The most items (`BatchWriteItem`), keys (`BatchGetItem`, `S3Vectors GetVectors`) or
+    /// vectors (`S3Vectors PutVectors`) seen in one request, by operation.
     pub largest_batch: BTreeMap<String, usize>,
 }
 
@@ -308,15 +324,17 @@ impl FaultCounts {
     /// Counts one request: in all, per operation, and the size of a batch.
     fn count(&mut self, seen: &Seen, json: Option<&Value>) {
         self.requests += 1;
-        let op_name = match (&seen.operation, &seen.batch) {
-            (Some(op), _) => op.clone(),
-            (None, Some(op)) => format!("Batch {op}"),
-            (None, None) => format!("S3 {}", seen.method),
+        let op_name = match (&seen.operation, &seen.batch, &seen.s3vectors) {
+            (Some(op), _, _) => op.clone(),
+            (None, Some(op), _) => format!("Batch {op}"),
+            (None, None, Some(op)) => format!("S3Vectors {op}"),
+            (None, None, None) => format!("S3 {}", seen.method),
         };
-        *self.operations.entry(op_name).or_default() += 1;
-        if let (Some(op), Some(v)) = (&seen.operation, json) {
+        *self.operations.entry(op_name.clone()).or_default() += 1;
+        let op = seen.operation.as_ref().or(seen.s3vectors.as_ref());
+        if let (Some(op), Some(v)) = (op, json) {
             if let Some(size) = batch_size(op, v) {
-                let largest = self.largest_batch.entry(op.clone()).or_default();
+                let largest = self.largest_batch.entry(op_name).or_default();
                 *largest = (*largest).max(size);
             }
         }
@@ -365,8 +383,10 @@ struct Seen {
     path: String,
     /// The DynamoDB operation, `None` for S3 and Batch.
     operation: Option<String>,
-    /// The Batch operation (the path's `/v1/<operation>`), `None` for S3 and DynamoDB.
+    /// The Batch operation (the path's `/v1/<operation>`), `None` for the other services.
     batch: Option<String>,
+    /// The S3 Vectors operation (the path's `/<operation>`), `None` for the other services.
+    s3vectors: Option<String>,
 }
 
 impl Seen {
@@ -377,14 +397,19 @@ impl Seen {
             .and_then(|v| v.to_str().ok())
             .and_then(|t| t.strip_prefix(DYNAMODB_TARGET_PREFIX))
             .map(str::to_string);
-        let batch = iam::signer(&parts.headers)
-            .filter(|(_, service)| service == "batch")
-            .and_then(|_| parts.uri.path().strip_prefix("/v1/").map(str::to_string));
+        let service = iam::signer(&parts.headers).map(|(_, service)| service);
+        let path = parts.uri.path();
+        let batch = (service.as_deref() == Some("batch"))
+            .then(|| path.strip_prefix("/v1/").map(str::to_string))
+            .flatten();
+        let s3vectors = (service.as_deref() == Some("s3vectors"))
+            .then(|| path.trim_start_matches('/').to_string());
         Seen {
             method: parts.method.clone(),
-            path: parts.uri.path().to_string(),
+            path: path.to_string(),
             operation,
             batch,
+            s3vectors,
         }
     }
 }
@@ -526,10 +551,9 @@ impl State {
         let (parts, body) = request.into_parts();
         let body = body.collect().await?.to_bytes();
         let seen = Seen::of(&parts);
-        let json: Option<Value> = seen
-            .operation
-            .as_ref()
-            .and_then(|_| serde_json::from_slice(&body).ok());
+        let json: Option<Value> = (seen.operation.is_some() || seen.s3vectors.is_some())
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten();
         let chosen = self.choose(&seen, json.as_ref(), content_hash(&parts, json.as_ref()));
         if let Some(denied) = self.denied(&parts, &body) {
             return Ok(denied);
@@ -812,8 +836,14 @@ fn add_unprocessed(write: bool, answer: &mut Value, withheld: serde_json::Map<St
     }
 }
 
-/// Items in a `BatchWriteItem` or keys in a `BatchGetItem`, summed over tables.
+/// Items in a `BatchWriteItem` or keys in a `BatchGetItem`, summed over tables; vectors in a
+/// `PutVectors`, keys in a `GetVectors`.
 fn batch_size(operation: &str, request: &Value) -> Option<usize> {
+    match operation {
+        "PutVectors" => return Some(request.get("vectors")?.as_array()?.len()),
+        "GetVectors" => return Some(request.get("keys")?.as_array()?.len()),
+        _ => {}
+    }
     let tables = request.get("RequestItems")?.as_object()?;
     match operation {
         "BatchWriteItem" => Some(

@@ -18,9 +18,12 @@
 //!
 //! What stays untested here: the emulator's own authorisation (none), SCPs and permission
 //! boundaries (none in the templates), KMS key policies (the bucket uses the AWS managed key),
-//! VPC endpoint policies, and condition keys no policy of ours uses (DynamoDB's
-//! `dynamodb:Attributes`, S3's encryption headers): they are not populated, so a policy that
-//! conditions on them is evaluated with the key absent.
+//! VPC endpoint policies, and condition keys no policy of ours uses (S3's encryption headers,
+//! DynamoDB's `dynamodb:LeadingKeys` and `dynamodb:ReturnValues`): they are not populated, so a
+//! policy that conditions on them is evaluated with the key absent. DynamoDB's
+//! `dynamodb:Attributes` and `dynamodb:Select` are populated from the request as given
+//! ([`projection_context`]); whether AWS infers `Select` when a request omits it is not
+//! modelled, which is why the submitter's policy requires it and the submitter sends it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -322,7 +325,8 @@ pub(crate) fn signer(headers: &hyper::HeaderMap) -> Option<(String, String)> {
 /// - DynamoDB: <https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazondynamodb.html>;
 /// - Batch: <https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsbatch.html>
 ///   and "Tag your resources on creation"
-///   (<https://docs.aws.amazon.com/batch/latest/userguide/supported-iam-actions-tagging.html>).
+///   (<https://docs.aws.amazon.com/batch/latest/userguide/supported-iam-actions-tagging.html>);
+/// - S3 Vectors: <https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazons3vectors.html>.
 fn checks(
     service: &str,
     request: &WireRequest<'_>,
@@ -332,6 +336,7 @@ fn checks(
         "s3" => s3_checks(request),
         "dynamodb" => dynamodb_checks(request, iam),
         "batch" => batch_checks(request, iam),
+        "s3vectors" => s3vectors_checks(request, iam),
         other => Err(format!("no mapping for service {other:?}")),
     }
 }
@@ -509,10 +514,93 @@ fn dynamodb_checks(request: &WireRequest<'_>, iam: &Iam) -> Result<(String, Vec<
                 Some(i) => iam.arn("dynamodb", &format!("table/{table}/index/{i}")),
                 None => iam.arn("dynamodb", &format!("table/{table}")),
             },
-            context: BTreeMap::new(),
+            context: projection_context(
+                body.pointer(&format!("/RequestItems/{table}"))
+                    .unwrap_or(&body),
+            ),
         })
         .collect();
     Ok((format!("dynamodb {operation}"), checks))
+}
+
+/// `dynamodb:Attributes` (the attribute names a read projects: `ProjectionExpression` with its
+/// `ExpressionAttributeNames` resolved, or `AttributesToGet`) and `dynamodb:Select`, as given
+/// in the request (the Service Authorization Reference: "Filters access by attribute names",
+/// "by the Select parameter of a Query or Scan request"). Absent when the request has none.
+fn projection_context(request: &Value) -> BTreeMap<String, String> {
+    let mut context = BTreeMap::new();
+    let names = request.get("ExpressionAttributeNames");
+    let attributes: Option<Vec<String>> = match request.get("ProjectionExpression") {
+        Some(Value::String(expression)) => Some(
+            expression
+                .split(',')
+                .map(|path| {
+                    // The attribute a document path starts at: `a.b[2]` reads from `a`.
+                    let head = path.trim().split(['.', '[']).next().unwrap_or_default();
+                    names
+                        .and_then(|n| n.get(head))
+                        .and_then(Value::as_str)
+                        .unwrap_or(head)
+                        .to_string()
+                })
+                .collect(),
+        ),
+        _ => request.get("AttributesToGet").and_then(|a| {
+            a.as_array()?
+                .iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect()
+        }),
+    };
+    if let Some(attributes) = attributes {
+        context.insert(
+            "dynamodb:Attributes".to_string(),
+            json!(attributes).to_string(),
+        );
+    }
+    if let Some(select) = request.get("Select").and_then(Value::as_str) {
+        context.insert("dynamodb:Select".to_string(), select.to_string());
+    }
+    context
+}
+
+/// S3 Vectors operations on an index, each `s3vectors:<Operation>` on the index's ARN
+/// (`bucket/<bucket>/index/<index>`; resource type Index for every one of them).
+const S3VECTORS_INDEX_OPERATIONS: &[&str] = &[
+    "CreateIndex",
+    "GetIndex",
+    "DeleteIndex",
+    "PutVectors",
+    "GetVectors",
+    "ListVectors",
+    "DeleteVectors",
+];
+
+fn s3vectors_checks(request: &WireRequest<'_>, iam: &Iam) -> Result<(String, Vec<Check>), String> {
+    let operation = request.path.trim_start_matches('/');
+    if !S3VECTORS_INDEX_OPERATIONS.contains(&operation) {
+        return Err(format!("S3 Vectors {operation} has no mapping"));
+    }
+    let body: Value = serde_json::from_slice(request.body)
+        .map_err(|e| format!("S3 Vectors {operation}: body is not JSON: {e}"))?;
+    let text = |name: &str| body.get(name).and_then(Value::as_str);
+    let resource = match (
+        text("indexArn"),
+        text("vectorBucketName"),
+        text("indexName"),
+    ) {
+        (Some(arn), _, _) => arn.to_string(),
+        (None, Some(bucket), Some(index)) => {
+            iam.arn("s3vectors", &format!("bucket/{bucket}/index/{index}"))
+        }
+        _ => return Err(format!("S3 Vectors {operation} names no index")),
+    };
+    let check = Check {
+        action: format!("s3vectors:{operation}"),
+        resource,
+        context: BTreeMap::new(),
+    };
+    Ok((format!("s3vectors {operation}"), vec![check]))
 }
 
 fn batch_checks(request: &WireRequest<'_>, iam: &Iam) -> Result<(String, Vec<Check>), String> {

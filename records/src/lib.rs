@@ -3,6 +3,7 @@
 //! - [`writer`]: the batched, retrying table writer the worker uses.
 //! - [`reader`]: reading vectors back by id or as a stream of the whole table.
 //! - [`export`]: the whole table as a `.npy` matrix plus an ids file.
+//! - `parquet` (feature `parquet`): the whole table as Parquet files, and reading them back.
 //! - [`nearest`]: exact cosine nearest neighbours over the table or an export, in memory.
 //! - [`table`]: creating the table (tests and the local run).
 //!
@@ -16,6 +17,8 @@ pub use embatch_aws::client;
 
 pub mod export;
 pub mod nearest;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod reader;
 pub mod table;
 pub mod vector;

@@ -1,6 +1,6 @@
 //! Exact nearest neighbours by cosine similarity, over vectors held in memory: the whole
 //! table (read with [`crate::reader::TableReader::scan`]) or an export (`vectors.npy` +
-//! `ids.jsonl`, [`Index::read_export`]).
+//! `ids.jsonl`, or a Parquet export: [`Index::read_export`]).
 //!
 //! Every row is normalised once when the index is built; a query is then one pass of dot
 //! products over all rows, split in blocks over rayon's threads, each block keeping its own
@@ -64,6 +64,10 @@ pub enum IndexError {
     /// No vector is stored under the ImageId asked about.
     #[error("no vector with ImageId {0:?}")]
     UnknownId(String),
+    /// A Parquet export that cannot be read.
+    #[cfg(feature = "parquet")]
+    #[error(transparent)]
+    Parquet(#[from] crate::parquet::ParquetError),
     /// An export file that cannot be read or is not what `embatch-vectors export` writes.
     #[error("{}: {message}", path.display())]
     Export {
@@ -96,21 +100,7 @@ pub struct Index {
 impl Index {
     /// An index of stored records; all must have the same dimension.
     pub fn from_records(records: Vec<VectorRecord>) -> Result<Index, IndexError> {
-        let dimension = records.first().map_or(0, |r| r.vector.len());
-        let mut ids = Vec::with_capacity(records.len());
-        let mut values = Vec::with_capacity(records.len() * dimension);
-        for record in records {
-            if record.vector.len() != dimension {
-                return Err(IndexError::Dimension {
-                    image_id: record.image_id,
-                    expected: dimension,
-                    found: record.vector.len(),
-                });
-            }
-            values.extend_from_slice(&record.vector);
-            ids.push(record.image_id);
-        }
-        Index::from_matrix(ids, dimension, values)
+        gather(None, records.into_iter().map(Ok))
     }
 
     /// An index of `ids.len()` rows of `dimension` values, row-major in `values`.
@@ -142,9 +132,13 @@ impl Index {
         })
     }
 
-    /// The index of an export directory (`vectors.npy`, `ids.jsonl`), as
-    /// `embatch-vectors export` writes it.
+    /// The index of an export directory as `embatch-vectors export` writes it: `vectors.npy`
+    /// and `ids.jsonl`, or (with the `parquet` feature) a Parquet export's files.
     pub fn read_export(dir: &Path) -> Result<Index, IndexError> {
+        #[cfg(feature = "parquet")]
+        if dir.join(crate::parquet::SUMMARY_FILE).exists() {
+            return read_parquet_export(dir);
+        }
         let (rows, dimension, values) = read_npy_f32(&dir.join(VECTORS_FILE))?;
         let ids = read_ids(&dir.join(IDS_FILE))?;
         if ids.len() != rows {
@@ -323,6 +317,38 @@ impl Best {
     fn into_sorted(self) -> Vec<Candidate> {
         self.heap.into_sorted_vec()
     }
+}
+
+/// A Parquet export (`--format parquet`), its vectors only: the provenance columns are read
+/// and dropped a row group at a time.
+#[cfg(feature = "parquet")]
+fn read_parquet_export(dir: &Path) -> Result<Index, IndexError> {
+    let dimension = crate::parquet::read_summary(dir)?.dimension;
+    let records = crate::parquet::read_records(dir)?.map(|r| r.map_err(IndexError::from));
+    gather(Some(dimension), records)
+}
+
+/// The index of `records`, which must all have `dimension` values (default: the first's).
+fn gather(
+    dimension: Option<usize>,
+    records: impl Iterator<Item = Result<VectorRecord, IndexError>>,
+) -> Result<Index, IndexError> {
+    let mut dimension = dimension;
+    let (mut ids, mut values) = (Vec::new(), Vec::new());
+    for record in records {
+        let record = record?;
+        let expected = *dimension.get_or_insert(record.vector.len());
+        if record.vector.len() != expected {
+            return Err(IndexError::Dimension {
+                image_id: record.image_id,
+                expected,
+                found: record.vector.len(),
+            });
+        }
+        values.extend_from_slice(&record.vector);
+        ids.push(record.image_id);
+    }
+    Index::from_matrix(ids, dimension.unwrap_or(0), values)
 }
 
 /// A float32 C-order 2-D `.npy` file: `(rows, columns, values)`.

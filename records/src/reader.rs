@@ -1,6 +1,6 @@
 //! Reading vectors back: by id ([`TableReader::get`]), the provenance the worker needs to
-//! resume ([`TableReader::provenance`]), and the whole table as a stream
-//! ([`TableReader::scan`]).
+//! resume ([`TableReader::provenance`]), the models a sample of the table holds
+//! ([`TableReader::sample_models`]), and the whole table as a stream ([`TableReader::scan`]).
 //!
 //! `get` and `provenance` use `BatchGetItem` in chunks of ≤ [`MAX_BATCH_GET_KEYS`] keys with
 //! several requests in flight. The SDK retries 5xx answers, timeouts and broken connections;
@@ -44,7 +44,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Select};
 use futures::stream::{self, Stream, StreamExt};
 use tokio::sync::Semaphore;
 
@@ -123,6 +123,17 @@ pub struct Provenance {
     pub source_etag: Option<String>,
     /// `ModelSha256` (absent on items written by the original sample).
     pub model_sha256: Option<String>,
+}
+
+/// The model a stored vector was computed with, as its item records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredModel {
+    /// `ModelSha256`: the model file's sha256.
+    pub sha256: String,
+    /// `Model`: the model spec's name.
+    pub name: Option<String>,
+    /// `Dimension`: the vector's length.
+    pub dimension: Option<usize>,
 }
 
 /// Reading failed.
@@ -240,6 +251,49 @@ impl TableReader {
                 Ok((id, provenance))
             })
             .collect()
+    }
+
+    /// The distinct models of up to `limit` stored vectors: one `Scan` page of that many items
+    /// (wherever the table's hash order starts, so about a random sample of its ImageIds),
+    /// reading only their model attributes. Items without `ModelSha256` (the original
+    /// sample's) are left out.
+    pub async fn sample_models(&self, limit: i32) -> Result<Vec<StoredModel>, ReadError> {
+        let names = [attr::MODEL_SHA256, attr::MODEL, attr::DIMENSION];
+        let page = retry(&self.config.retry, is_throttling, || {
+            let mut request = self
+                .client
+                .scan()
+                .table_name(&*self.table)
+                .limit(limit)
+                // Explicit, for the submitter's policy, which allows only this projection.
+                .select(Select::SpecificAttributes)
+                .projection_expression("#a0, #a1, #a2");
+            for (i, name) in names.iter().enumerate() {
+                request = request.expression_attribute_names(format!("#a{i}"), *name);
+            }
+            request.send()
+        })
+        .await
+        .map_err(|e| self.request_error("Scan", &e))?;
+        let mut models: Vec<StoredModel> = Vec::new();
+        for item in page.items() {
+            let text = |name| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+            let Some(sha256) = text(attr::MODEL_SHA256) else {
+                continue;
+            };
+            let model = StoredModel {
+                sha256,
+                name: text(attr::MODEL),
+                dimension: item
+                    .get(attr::DIMENSION)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok()),
+            };
+            if !models.contains(&model) {
+                models.push(model);
+            }
+        }
+        Ok(models)
     }
 
     /// Every record in the table, read by `segments` parallel Scan segments (at least 1).

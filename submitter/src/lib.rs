@@ -5,7 +5,8 @@
 //! check has passed:
 //! 1. [`event`]: resolve the `{"Paths": [...]}` event to S3 prefixes;
 //! 2. [`preflight`]: the paths are readable by the job role and listable, the job queue,
-//!    job definition and table exist;
+//!    job definition and table exist; [`model_check`]: the table holds no other model's
+//!    vectors (one model per table) unless `--replace-model`;
 //! 3. [`listing`]: list every prefix (all pages, concurrently), keep images once each;
 //! 4. [`plan`]: assign ImageIds (refusing collisions), chunk into manifests, split into jobs;
 //! 5. [`submission`]: write the manifests, write `run.json`, submit the jobs one by one, each
@@ -16,6 +17,7 @@
 
 pub mod event;
 pub mod listing;
+pub mod model_check;
 pub mod plan;
 pub mod preflight;
 pub mod status;
@@ -29,6 +31,7 @@ use embatch_formats::run::{
     new_run_id, now_rfc3339, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE,
 };
 use embatch_formats::s3uri::S3Uri;
+use embatch_records::reader::TableReader;
 
 use crate::event::PathsEvent;
 use crate::listing::{ExtensionFilter, ListingStats};
@@ -236,7 +239,7 @@ impl SubmitOptions {
 
 /// Every check that can fail before anything is written: the roots inside the job role's
 /// readable prefixes, each root and the runs folder listable, the queue, the job definition
-/// and the table present.
+/// and the table present, and the table holding no other model's vectors.
 async fn preflight(
     clients: &Clients,
     roots: &[S3Uri],
@@ -250,7 +253,17 @@ async fn preflight(
     preflight::check_listable(&clients.s3, &listable).await?;
     preflight::check_job_queue(&clients.batch, &options.job_queue).await?;
     preflight::check_job_definition(&clients.batch, &options.job_definition).await?;
-    preflight::check_table(&clients.dynamodb, &options.table).await
+    preflight::check_table(&clients.dynamodb, &options.table).await?;
+    let Some(model) = model_check::run_model(&options.model_spec)? else {
+        tracing::warn!(
+            "model spec {} is neither on this machine nor one the image ships: the table's model is not checked before the run (the workers still keep other models' vectors, failing those images as model_mismatch)",
+            options.model_spec
+        );
+        return Ok(());
+    };
+    let reader = TableReader::new(clients.dynamodb.clone(), &options.table);
+    model_check::check_table_model(&reader, &options.model_spec, &model, options.replace_model)
+        .await
 }
 
 /// The jobs of a plan, not yet submitted (no job ids).

@@ -75,10 +75,13 @@ struct SubmitArgs {
     /// DynamoDB table the workers write vectors to.
     #[arg(long, env = env::TABLE)]
     table: String,
-    /// Model spec path inside the worker container.
+    /// Model spec path inside the worker container. The submitter reads it (the same path on
+    /// this machine, else the spec the image ships under that file name) to check the table's
+    /// model before the run.
     #[arg(long, default_value = DEFAULT_MODEL_SPEC)]
     model_spec: String,
-    /// Overwrite vectors another model computed. Without it the workers keep them and record
+    /// Overwrite vectors another model computed. Without it a run is refused when a sample of
+    /// the table holds another model's vectors, and the workers keep any they meet, recording
     /// each such image as failed (`model_mismatch`): a table holds one model's vectors.
     #[arg(long)]
     replace_model: bool,

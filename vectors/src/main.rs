@@ -3,24 +3,34 @@
 //! ```text
 //! embatch-vectors --table T get ID... [--json]    vectors by id (JSON Lines with --json)
 //! embatch-vectors --table T export --out DIR      DIR/vectors.npy (float32 [N, D]) + DIR/ids.jsonl
+//! embatch-vectors --table T export --format parquet --out DIR|s3://bucket/prefix/
+//!                                                 part-NNNNN.parquet files + _embatch-export.json
 //! embatch-vectors --table T nearest ID [-k 10]    the K most similar vectors (exact cosine)
-//! embatch-vectors nearest ID --export DIR         the same over an export
+//! embatch-vectors nearest ID --export DIR         the same over an export (npy or Parquet)
+//! embatch-vectors --table T index --vector-bucket B --index I [--create] [--from-export DIR]
+//!                                                 load an Amazon S3 Vectors index
 //! ```
-//! Exit status: 0 on success, 1 if `get` or `nearest` found no item for some id, 2 on errors.
+//! Exit status: 0 on success, 1 if `get` or `nearest` found no item for some id or `index`
+//! skipped a vector the service refuses, 2 on errors.
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
+
+mod parquet_export;
+mod vector_index;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use embatch_aws::client::{self, AwsOptions};
 use embatch_formats::run::env;
 use embatch_records::export::{export, IDS_FILE, VECTORS_FILE};
 use embatch_records::nearest::{Index, IndexError};
+use embatch_records::parquet::{read_records, ParquetOptions};
 use embatch_records::reader::TableReader;
 use embatch_records::vector::{attr, VectorRecord, DATA_TYPE_F32};
-use futures::TryStreamExt;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 
 /// Read vectors from embatch's DynamoDB table.
@@ -52,15 +62,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write the whole table to DIR/vectors.npy and DIR/ids.jsonl (line i = row i's id).
-    Export {
-        /// The output directory (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-        /// Parallel scan segments.
-        #[arg(long, default_value_t = 4)]
-        segments: u32,
-    },
+    /// Write the whole table: as npy, DIR/vectors.npy and DIR/ids.jsonl (line i = row i's
+    /// id); as Parquet, part-NNNNN.parquet files (one row per image, the vector and every
+    /// provenance attribute) and _embatch-export.json, in DIR or under s3://bucket/prefix/.
+    Export(ExportArgs),
+    /// Load the vectors into an Amazon S3 Vectors index: key = ImageId, metadata SourceUri and
+    /// Model (filterable), ModelSha256 and SourceEtag (not); only what is missing or changed is
+    /// written, paced below the index's write limits.
+    Index(IndexArgs),
     /// The K vectors most similar to ID's (exact cosine similarity, all cores), read from the
     /// table (a whole scan) or from an export directory.
     Nearest {
@@ -69,7 +78,7 @@ enum Command {
         /// How many neighbours.
         #[arg(short, default_value_t = 10)]
         k: usize,
-        /// Search DIR (written by `export`) instead of the table.
+        /// Search DIR (written by `export`, npy or Parquet) instead of the table.
         #[arg(long, value_name = "DIR")]
         export: Option<PathBuf>,
         /// Parallel scan segments when reading the table.
@@ -93,7 +102,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let options = AwsOptions {
+    let aws = AwsOptions {
         endpoint_url: cli.endpoint_url,
         region: cli.region,
         ..AwsOptions::default()
@@ -103,24 +112,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         let table = table
             .clone()
             .context("no table: pass --table or set EMBATCH_TABLE")?;
-        let config = client::load(&options).await;
+        let config = client::load(&aws).await;
         anyhow::Ok(TableReader::new(client::dynamodb(&config), table))
     };
     match cli.command {
         Command::Get { ids, json } => get(&reader().await?, &ids, json).await,
-        Command::Export { out, segments } => {
+        Command::Export(args) => {
             let reader = reader().await?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let done = export(&reader, segments, &out).await?;
-            eprintln!(
-                "exported {} vectors of dimension {} from {} to {} and {}",
-                done.rows,
-                done.dimension,
-                reader.table(),
-                out.join(VECTORS_FILE).display(),
-                out.join(IDS_FILE).display()
-            );
+            match args.format {
+                Format::Npy => export_npy(&reader, args.segments, &args.out).await?,
+                Format::Parquet => export_parquet(&reader, &aws, &args).await?,
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Index(args) => {
+            let source = match &args.from_export {
+                Some(dir) => {
+                    stream::iter(read_records(dir)?.map(|r| r.map_err(Into::into))).boxed()
+                }
+                None => reader()
+                    .await?
+                    .scan(args.segments)
+                    .map_err(Into::into)
+                    .boxed(),
+            };
+            index(source, &aws, args).await
         }
         Command::Nearest {
             id,
@@ -139,6 +155,134 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nearest(&index, &id, k, json)
         }
     }
+}
+
+/// `embatch-vectors export`.
+#[derive(Args)]
+struct ExportArgs {
+    /// The output directory (created if missing), or with `--format parquet` an S3 prefix.
+    #[arg(long)]
+    out: String,
+    /// The file format.
+    #[arg(long, value_enum, default_value_t = Format::Npy)]
+    format: Format,
+    /// Parquet: rows per file (each file is one PutObject to S3).
+    #[arg(long, default_value_t = ParquetOptions::default().rows_per_file)]
+    rows_per_file: u64,
+    /// Parquet: rows per row group (what the export holds in memory: about 2 KiB per 512-d row).
+    #[arg(long, default_value_t = ParquetOptions::default().rows_per_group)]
+    rows_per_group: usize,
+    /// Parallel scan segments.
+    #[arg(long, default_value_t = 4)]
+    segments: u32,
+}
+
+/// `embatch-vectors index`.
+#[derive(Args)]
+struct IndexArgs {
+    /// The vector bucket.
+    #[arg(long)]
+    vector_bucket: String,
+    /// The index in it.
+    #[arg(long)]
+    index: String,
+    /// Create the index if it is missing (dimension from the vectors, cosine, float32).
+    #[arg(long)]
+    create: bool,
+    /// Read a Parquet export in DIR instead of the table.
+    #[arg(long, value_name = "DIR")]
+    from_export: Option<PathBuf>,
+    /// Vectors per second, at most (an index takes 2,500).
+    #[arg(long, default_value_t = vector_index::DEFAULT_RATE, value_parser = clap::value_parser!(u32).range(1..=2_500))]
+    rate: u32,
+    /// Parallel scan segments when reading the table.
+    #[arg(long, default_value_t = 4)]
+    segments: u32,
+}
+
+/// An export's file format.
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// vectors.npy + ids.jsonl.
+    Npy,
+    /// Parquet files with every provenance column.
+    Parquet,
+}
+
+async fn export_npy(reader: &TableReader, segments: u32, out: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.starts_with("s3://"),
+        "--out {out}: the npy export writes to a local directory; use --format parquet for S3"
+    );
+    let out = PathBuf::from(out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let done = export(reader, segments, &out).await?;
+    eprintln!(
+        "exported {} vectors of dimension {} from {} to {} and {}",
+        done.rows,
+        done.dimension,
+        reader.table(),
+        out.join(VECTORS_FILE).display(),
+        out.join(IDS_FILE).display()
+    );
+    Ok(())
+}
+
+async fn export_parquet(
+    reader: &TableReader,
+    aws: &AwsOptions,
+    args: &ExportArgs,
+) -> anyhow::Result<()> {
+    let options = ParquetOptions {
+        rows_per_file: args.rows_per_file,
+        rows_per_group: args.rows_per_group,
+    };
+    let s3 = async { client::s3(&client::load(aws).await) };
+    let to = parquet_export::Destination::parse(&args.out, s3).await?;
+    let done = parquet_export::export(reader, args.segments, &to, options).await?;
+    eprintln!(
+        "exported {} vectors of dimension {} from {} to {} files in {}",
+        done.rows,
+        done.dimension,
+        reader.table(),
+        done.files.len(),
+        to.describe()
+    );
+    Ok(())
+}
+
+async fn index(
+    source: BoxStream<'static, anyhow::Result<VectorRecord>>,
+    aws: &AwsOptions,
+    args: IndexArgs,
+) -> anyhow::Result<ExitCode> {
+    let target = vector_index::Target {
+        client: aws_sdk_s3vectors::Client::new(&client::load(aws).await),
+        bucket: args.vector_bucket,
+        index: args.index,
+    };
+    let options = vector_index::LoadOptions {
+        create: args.create,
+        rate: args.rate,
+    };
+    let done = vector_index::load(source, &target, &options).await?;
+    eprintln!(
+        "index {} in vector bucket {}: {} read, {} written, {} already there, {} skipped",
+        target.index,
+        target.bucket,
+        done.read,
+        done.written,
+        done.unchanged,
+        done.skipped.len()
+    );
+    for (id, why) in &done.skipped {
+        eprintln!("skipped {id:?}: {why}");
+    }
+    Ok(if done.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn get(reader: &TableReader, ids: &[String], json: bool) -> anyhow::Result<ExitCode> {

@@ -5,29 +5,11 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use embatch_localaws::fixture::{record, records, Cloud};
-use embatch_localaws::run_ok;
 use embatch_records::vector::{encode_f32_le, VectorRecord};
-use embatch_records::writer::{TableWriter, WriterConfig};
 use serde_json::Value;
 
-fn python() -> Command {
-    Command::new(embatch_localaws::python::interpreter().expect("scripts/setup made .venv"))
-}
-
-fn cli(s: &Cloud) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_embatch-vectors"));
-    command
-        .envs(s.emulator.env())
-        .env_remove("EMBATCH_TABLE")
-        .args(["--table", &s.table]);
-    command
-}
-
-/// The stdout of a command that must succeed.
-fn stdout(command: &mut Command) -> String {
-    let what = format!("{command:?}");
-    String::from_utf8(run_ok(command, &what).stdout).expect("utf-8 output")
-}
+mod common;
+use common::{cli, finite, python, stdout, store};
 
 /// The sample's reader, verbatim in its essentials, via the boto3 resource API (whose
 /// TypeDeserializer makes `Vector` a `boto3.dynamodb.types.Binary`) and via the low-level
@@ -70,10 +52,7 @@ async fn the_original_samples_python_reader_gets_bit_identical_vectors() {
     let s = Cloud::start().await;
     let mut written = records(40, 512, "py");
     written.extend(records(10, 1280, "py-large"));
-    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
-        .write(written.clone())
-        .await
-        .unwrap();
+    store(&s, written.clone()).await;
 
     let stdout = self::stdout(
         python()
@@ -97,10 +76,7 @@ async fn export_writes_a_matrix_numpy_loads_and_ids_in_row_order() {
     let s = Cloud::start().await;
     let mut written = records(300, 512, "export");
     written.push(record("odd\nname \u{1F600}.jpg", 512, 999));
-    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
-        .write(written.clone())
-        .await
-        .unwrap();
+    store(&s, written.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");
     let stderr = cli(&s)
@@ -173,10 +149,7 @@ async fn an_empty_table_exports_an_empty_matrix() {
 async fn get_prints_json_lines_and_fails_for_missing_ids() {
     let s = Cloud::start().await;
     let written: Vec<VectorRecord> = records(3, 512, "cli");
-    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
-        .write(written.clone())
-        .await
-        .unwrap();
+    store(&s, written.clone()).await;
 
     let out = cli(&s)
         .args([
@@ -229,13 +202,6 @@ async fn get_prints_json_lines_and_fails_for_missing_ids() {
     assert!(String::from_utf8_lossy(&no_table.stderr).contains("--table"));
 }
 
-/// Finite pseudo-random values (the fixture's vectors hold NaN and infinities on purpose).
-fn finite(dimension: usize, seed: u64) -> Vec<f32> {
-    (0..dimension as u64)
-        .map(|j| ((seed * 7919 + j * 104_729 + seed * j * 31) % 1000) as f32 / 500.0 - 1.0)
-        .collect()
-}
-
 /// numpy's answer: the `k` rows most similar to `id`'s by cosine, itself left out, as JSON
 /// `[[id, similarity], ...]`.
 const NUMPY_NEAREST: &str = r#"
@@ -262,10 +228,7 @@ async fn nearest_from_the_table_and_from_an_export_agree_with_numpy() {
             r
         })
         .collect();
-    TableWriter::new(s.dynamodb.clone(), &s.table, WriterConfig::default())
-        .write(written)
-        .await
-        .unwrap();
+    store(&s, written).await;
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().to_str().unwrap();
     stdout(cli(&s).args(["export", "--out", folder]));

@@ -1,5 +1,5 @@
 //! The deployment's own IAM policies, enforced: the real `embatch submit`, `embatch status`,
-//! `embatch-worker` and `embatch-vectors get/export` run with credentials that hold exactly the
+//! `embatch-worker` and `embatch-vectors get/export/index` run with credentials that hold exactly the
 //! policies the CloudFormation stack (and, in a second pass, the Terraform module) creates in
 //! the emulator, and every request they make is authorised by a real IAM policy engine on the
 //! wire (`embatch_localaws::iam`: the fault proxy, the Service Authorization Reference mapping,
@@ -37,11 +37,34 @@ struct Outputs {
     bucket: String,
     image_prefixes: Vec<String>,
     run_root: String,
+    export_root: String,
+    vector_bucket: String,
     table: String,
     job_queue: String,
     job_definition: String,
     job_definition_arn: String,
     job_role_arn: String,
+}
+
+impl Outputs {
+    /// `embatch submit` as the outputs tell a user to call it, with the model spec `spec`.
+    fn submit_args<'a>(&'a self, spec: &'a str) -> Vec<&'a str> {
+        vec![
+            "submit",
+            "--bucket",
+            &self.bucket,
+            "--runs-uri",
+            &self.run_root,
+            "--job-queue",
+            &self.job_queue,
+            "--job-definition",
+            &self.job_definition,
+            "--table",
+            &self.table,
+            "--model-spec",
+            spec,
+        ]
+    }
 }
 
 /// Deploys `variant` (`cloudformation` or `terraform`) into the emulator.
@@ -177,32 +200,11 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
         .map(|p| format!("s3://{}/{p}", o.bucket))
         .collect();
     let submitter = env_as(&proxy, "submitter");
-    let submitted = run(
-        "embatch",
-        &[
-            "submit",
-            "--bucket",
-            &o.bucket,
-            "--runs-uri",
-            &o.run_root,
-            "--job-queue",
-            &o.job_queue,
-            "--job-definition",
-            &o.job_definition,
-            "--table",
-            &o.table,
-            "--model-spec",
-            spec.to_str().unwrap(),
-            "--images-per-job",
-            "3",
-            "--readable-prefixes",
-            &readable.join(","),
-            &o.image_prefixes[0],
-            &o.image_prefixes[1],
-        ],
-        &submitter,
-    )
-    .await;
+    let readable = readable.join(",");
+    let mut args = o.submit_args(spec.to_str().unwrap());
+    args.extend(["--images-per-job", "3", "--readable-prefixes", &readable]);
+    args.extend([o.image_prefixes[0].as_str(), &o.image_prefixes[1]]);
+    let submitted = run("embatch", &args, &submitter).await;
     assert_eq!(submitted.code, 0, "embatch submit: {}", submitted.stderr);
     let summary: serde_json::Value = serde_json::from_str(&submitted.stdout).unwrap();
     let images = samples.len() + 2;
@@ -307,6 +309,45 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
         exported.stderr
     );
     assert!(Path::new(&dir.path().join("vectors.npy")).is_file());
+    // As Parquet to the export prefix: one PutObject per file.
+    let out = format!("{}iam/", o.export_root);
+    let args = [
+        "--table", &o.table, "export", "--format", "parquet", "--out", &out,
+    ];
+    let exported = run("embatch-vectors", &args, &reader).await;
+    assert_eq!(
+        exported.code, 0,
+        "export --format parquet: {}",
+        exported.stderr
+    );
+
+    // An S3 Vectors index, created by the loader in the bucket the policy names (made here:
+    // neither the emulator's CloudFormation nor the Terraform provider can).
+    aws_sdk_s3vectors::Client::new(&emulator.sdk_config().await)
+        .create_vector_bucket()
+        .vector_bucket_name(&o.vector_bucket)
+        .send()
+        .await
+        .unwrap();
+    let args = [
+        "--table",
+        &o.table,
+        "index",
+        "--vector-bucket",
+        &o.vector_bucket,
+        "--index",
+        "embatch-vectors",
+        "--create",
+    ];
+    let indexed = run("embatch-vectors", &args, &reader).await;
+    assert_eq!(indexed.code, 0, "embatch-vectors index: {}", indexed.stderr);
+    assert!(
+        indexed
+            .stderr
+            .contains(&format!("{} written", samples.len())),
+        "{}",
+        indexed.stderr
+    );
 
     // The original sample's documented Python reader, as the reader.
     let python = std::process::Command::new(python::interpreter().unwrap())
@@ -489,6 +530,52 @@ async fn refusals(emulator: &Emulator, deployment: &Deployment) {
             && worker.stderr.contains(&o.job_role_arn),
         "the failure names the bucket and the role: {}",
         worker.stderr
+    );
+
+    // A Parquet export anywhere but the export prefix (the table holds the flows' vectors).
+    let out = format!("{}exports/", o.run_root);
+    let args = [
+        "--table", &o.table, "export", "--format", "parquet", "--out", &out,
+    ];
+    let export = run("embatch-vectors", &args, &env_as(&proxy, "reader")).await;
+    assert_eq!(export.code, 2, "{}", export.stderr);
+    assert!(
+        export.stderr.contains(&format!("{out}part-00000.parquet")),
+        "the error names the object: {}",
+        export.stderr
+    );
+
+    // The submitter may sample the table's models (above, in the flows) but not read vectors.
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--table",
+        &o.table,
+        "export",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ];
+    let scan = run("embatch-vectors", &args, &env_as(&proxy, "submitter")).await;
+    assert_eq!(scan.code, 2, "{}", scan.stderr);
+    assert!(
+        enforcement
+            .ledger()
+            .iter()
+            .any(|a| a.principal == "submitter" && a.operation == "dynamodb Scan" && !a.allowed()),
+        "a whole-table Scan as the submitter is denied: {}",
+        scan.stderr
+    );
+    // ... and a run of another model than the table's is refused before anything is written.
+    let other = test_model::resnet18_spec()
+        .unwrap()
+        .with_file_name("resnet18-v1-7.toml");
+    let mut args = o.submit_args(other.to_str().unwrap());
+    args.extend(["--dry-run", &o.image_prefixes[0]]);
+    let submit = run("embatch", &args, &env_as(&proxy, "submitter")).await;
+    assert_eq!(submit.code, 2, "{}", submit.stderr);
+    assert!(
+        submit.stderr.contains("holds vectors of another model"),
+        "{}",
+        submit.stderr
     );
 
     // A manifest the role may not read at all.

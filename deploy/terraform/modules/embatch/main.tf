@@ -510,6 +510,23 @@ data "aws_iam_policy_document" "submitter" {
     actions   = ["dynamodb:DescribeTable"]
     resources = [aws_dynamodb_table.vectors.arn]
   }
+  # One model per table: the pre-flight reads the model attributes of a sample of items. A
+  # Scan of those attributes only, never the vectors.
+  statement {
+    sid       = "PreflightTableModel"
+    actions   = ["dynamodb:Scan"]
+    resources = [aws_dynamodb_table.vectors.arn]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:Attributes"
+      values   = ["ModelSha256", "Model", "Dimension"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "dynamodb:Select"
+      values   = ["SPECIFIC_ATTRIBUTES"]
+    }
+  }
 }
 
 resource "aws_iam_policy" "submitter" {
@@ -531,11 +548,37 @@ data "aws_iam_policy_document" "reader" {
     ]
     resources = [aws_dynamodb_table.vectors.arn]
   }
+  statement {
+    sid = "WriteExports"
+    # embatch-vectors export --format parquet --out s3://...: one PutObject per file.
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.images.arn}/${var.export_prefix}*"]
+  }
 }
 
 resource "aws_iam_policy" "reader" {
   name        = "${var.name_prefix}-${local.region}-reader"
   description = "Attach to consumers of the vectors (embatch-vectors, the sample's boto3/numpy reader)."
   policy      = data.aws_iam_policy_document.reader.json
+  tags        = var.tags
+}
+
+# Loading the indexes of var.vector_bucket_name (embatch-vectors index), beside the reader
+# policy: the index's dimension, which keys it holds already (and from which model and object),
+# the vectors it lacks, and the index itself (--create: the provider cannot create it).
+data "aws_iam_policy_document" "vector_index" {
+  count = var.vector_bucket_name == "" ? 0 : 1
+  statement {
+    sid       = "LoadVectorIndex"
+    actions   = ["s3vectors:GetIndex", "s3vectors:GetVectors", "s3vectors:PutVectors", "s3vectors:CreateIndex"]
+    resources = ["arn:${local.partition}:s3vectors:${local.region}:${local.account_id}:bucket/${var.vector_bucket_name}/index/*"]
+  }
+}
+
+resource "aws_iam_policy" "vector_index" {
+  count       = var.vector_bucket_name == "" ? 0 : 1
+  name        = "${var.name_prefix}-${local.region}-vector-index"
+  description = "Load the indexes of the S3 Vectors bucket ${var.vector_bucket_name} (embatch-vectors index), beside the reader policy."
+  policy      = data.aws_iam_policy_document.vector_index[0].json
   tags        = var.tags
 }

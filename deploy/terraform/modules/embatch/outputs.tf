@@ -13,6 +13,21 @@ output "image_prefixes" {
   value       = join(",", var.image_prefixes)
 }
 
+output "export_root" {
+  description = "Where readers may write Parquet exports (embatch-vectors export --format parquet --out)."
+  value       = "s3://${aws_s3_bucket.images.id}/${var.export_prefix}"
+}
+
+output "vector_bucket_name" {
+  description = "The S3 Vectors bucket readers may load (embatch-vectors index --vector-bucket), or empty."
+  value       = var.vector_bucket_name
+}
+
+output "vector_index_policy_arn" {
+  description = "Attach beside reader_policy_arn to whoever loads the vector index (null without vector_bucket_name)."
+  value       = one(aws_iam_policy.vector_index[*].arn)
+}
+
 output "run_root" {
   description = "Run root for manifests, reports and run.json (the submitter's run root)."
   value       = "s3://${aws_s3_bucket.images.id}/${var.run_prefix}"

@@ -28,6 +28,26 @@ variable "run_prefix" {
   }
 }
 
+variable "export_prefix" {
+  description = "Where readers may write Parquet exports of the vectors in the bucket (ends with \"/\"; embatch-vectors export --format parquet --out s3://<bucket>/<export_prefix>...)."
+  type        = string
+  default     = "embatch-exports/"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/$", var.export_prefix))
+    error_message = "export_prefix must be a key prefix ending with \"/\"."
+  }
+}
+
+variable "vector_bucket_name" {
+  description = "An Amazon S3 Vectors bucket whose indexes readers may load (embatch-vectors index --vector-bucket; --create makes the index). Empty, the default, grants no S3 Vectors access. The AWS provider (5.100) has no S3 Vectors resources: create the bucket with `aws s3vectors create-vector-bucket`."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^$|^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", var.vector_bucket_name))
+    error_message = "vector_bucket_name must be empty or an S3 Vectors bucket name."
+  }
+}
+
 variable "run_files_retention_days" {
   description = "Days after which manifests, reports and run.json under run_prefix expire."
   type        = number
