@@ -35,9 +35,11 @@ async fn s3_5xx_slowdown_and_mid_body_resets_on_a_third_of_gets_lose_no_image() 
     let engine = fx.engine();
     let (lines, images) = upload_many(&fx, "s3faults", 40).await;
     fx.put_manifest(0, &lines).await;
-    // The first four image GETs answered 503 (first attempts: the SDK retries them), then ~13%
-    // throttled (the SDK's attempts, then ours) and ~13% cut mid-body (ours) at random. 5xx at
-    // random too would sometimes meet one image five times running: an outage, exit 75.
+    // The first four image GETs answered 503 (first attempts: the SDK retries them), one later
+    // GET throttled for certain, then ~13% throttled (the SDK's attempts, then ours) and ~13%
+    // cut mid-body (ours) at random. 5xx at random too would sometimes meet one image five
+    // times running: an outage, exit 75. (The draws depend on the request's URI, whose bucket
+    // name is new each run: without the sure one, 1 run in ~500 drew no throttle at all.)
     let images_only = || Match::s3_get_under(&fx.bucket, "s3faults/");
     let proxy = FaultProxy::start(
         &fx.emulator.endpoint(),
@@ -45,6 +47,7 @@ async fn s3_5xx_slowdown_and_mid_body_resets_on_a_third_of_gets_lose_no_image() 
             seed: 2026,
             rules: vec![
                 FaultRule::new(images_only(), Fault::Status(503)).limit(4),
+                FaultRule::new(images_only(), Fault::Throttle).skip(8).limit(1),
                 FaultRule::new(images_only(), Fault::Throttle).probability(0.13),
                 FaultRule::new(images_only(), Fault::ResetMidBody).probability(0.13),
             ],
