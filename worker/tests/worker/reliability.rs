@@ -47,7 +47,9 @@ async fn s3_5xx_slowdown_and_mid_body_resets_on_a_third_of_gets_lose_no_image() 
             seed: 2026,
             rules: vec![
                 FaultRule::new(images_only(), Fault::Status(503)).limit(4),
-                FaultRule::new(images_only(), Fault::Throttle).skip(8).limit(1),
+                FaultRule::new(images_only(), Fault::Throttle)
+                    .skip(8)
+                    .limit(1),
                 FaultRule::new(images_only(), Fault::Throttle).probability(0.13),
                 FaultRule::new(images_only(), Fault::ResetMidBody).probability(0.13),
             ],
