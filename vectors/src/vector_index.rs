@@ -12,10 +12,12 @@
 //! rule (NaN or infinite values, all zeros under cosine) are skipped and reported by ImageId.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
+use aws_sdk_s3vectors::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3vectors::operation::get_index::GetIndexError;
 use aws_sdk_s3vectors::types::{
     DataType, DistanceMetric, GetOutputVector, MetadataConfiguration, PutInputVector, VectorData,
@@ -46,6 +48,21 @@ pub struct Target {
     pub bucket: String,
     /// The index in it.
     pub index: String,
+}
+
+impl Target {
+    /// `op` with throttling retried (the SDK's attempts, then ours with backoff); an error
+    /// names the operation and the index.
+    async fn throttled<T, E, F, Fut>(&self, operation: &str, op: F) -> anyhow::Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E>>>,
+    {
+        retry(&RetryPolicy::default(), is_throttling, op)
+            .await
+            .map_err(|e| anyhow::anyhow!("{operation} on index {}: {}", self.index, describe(&e)))
+    }
 }
 
 /// How to load it.
@@ -162,19 +179,19 @@ async fn to_write(
     tally: &Mutex<Loaded>,
 ) -> anyhow::Result<Vec<PutInputVector>> {
     let keys: Vec<String> = chunk.iter().map(|r| r.image_id.clone()).collect();
-    let stored = retry(&RetryPolicy::default(), is_throttling, || {
-        target
-            .client
-            .get_vectors()
-            .vector_bucket_name(&target.bucket)
-            .index_name(&target.index)
-            .set_keys(Some(keys.clone()))
-            .return_data(false)
-            .return_metadata(true)
-            .send()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("GetVectors on index {}: {}", target.index, describe(&e)))?;
+    let stored = target
+        .throttled("GetVectors", || {
+            target
+                .client
+                .get_vectors()
+                .vector_bucket_name(&target.bucket)
+                .index_name(&target.index)
+                .set_keys(Some(keys.clone()))
+                .return_data(false)
+                .return_metadata(true)
+                .send()
+        })
+        .await?;
     let stored: HashMap<&str, &GetOutputVector> =
         stored.vectors().iter().map(|v| (v.key(), v)).collect();
     let mut tally = tally.lock().expect("no panic while counting");
@@ -250,17 +267,17 @@ async fn put(
     tally: &Mutex<Loaded>,
 ) -> anyhow::Result<()> {
     pacer.take(batch.len()).await;
-    retry(&RetryPolicy::default(), is_throttling, || {
-        target
-            .client
-            .put_vectors()
-            .vector_bucket_name(&target.bucket)
-            .index_name(&target.index)
-            .set_vectors(Some(batch.clone()))
-            .send()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("PutVectors on index {}: {}", target.index, describe(&e)))?;
+    target
+        .throttled("PutVectors", || {
+            target
+                .client
+                .put_vectors()
+                .vector_bucket_name(&target.bucket)
+                .index_name(&target.index)
+                .set_vectors(Some(batch.clone()))
+                .send()
+        })
+        .await?;
     tally.lock().expect("no panic while counting").written += batch.len() as u64;
     Ok(())
 }
