@@ -19,7 +19,7 @@
 //! ```
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -95,6 +95,8 @@ pub struct Index {
     dimension: usize,
     /// Row-major, each row of length 1 (or all zeros for a zero or non-finite vector).
     rows: Vec<f32>,
+    /// The ModelSha256 of the records the rows came from.
+    models: BTreeSet<String>,
 }
 
 impl Index {
@@ -129,6 +131,7 @@ impl Index {
             positions,
             dimension,
             rows: values,
+            models: BTreeSet::new(),
         })
     }
 
@@ -163,6 +166,13 @@ impl Index {
     /// Values per vector.
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// The sha256 of each model that computed the vectors, from the records' `ModelSha256`:
+    /// empty for an index of a matrix or an npy export, which do not carry it. A query vector
+    /// is only comparable with vectors of the same model.
+    pub fn models(&self) -> &BTreeSet<String> {
+        &self.models
     }
 
     /// The `k` vectors most similar to the stored vector of `image_id`, itself left out.
@@ -334,7 +344,7 @@ fn gather(
     records: impl Iterator<Item = Result<VectorRecord, IndexError>>,
 ) -> Result<Index, IndexError> {
     let mut dimension = dimension;
-    let (mut ids, mut values) = (Vec::new(), Vec::new());
+    let (mut ids, mut values, mut models) = (Vec::new(), Vec::new(), BTreeSet::new());
     for record in records {
         let record = record?;
         let expected = *dimension.get_or_insert(record.vector.len());
@@ -347,8 +357,11 @@ fn gather(
         }
         values.extend_from_slice(&record.vector);
         ids.push(record.image_id);
+        models.extend(record.meta.model_sha256);
     }
-    Index::from_matrix(ids, dimension.unwrap_or(0), values)
+    let mut index = Index::from_matrix(ids, dimension.unwrap_or(0), values)?;
+    index.models = models;
+    Ok(index)
 }
 
 /// A float32 C-order 2-D `.npy` file: `(rows, columns, values)`.
@@ -556,5 +569,31 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_index_of_records_knows_their_models() {
+        use crate::vector::VectorMetadata;
+        let record = |id: &str, sha: Option<&str>| VectorRecord {
+            image_id: id.to_string(),
+            vector: vec![1.0, 0.0],
+            meta: VectorMetadata {
+                model_sha256: sha.map(str::to_string),
+                ..VectorMetadata::default()
+            },
+        };
+        let index = Index::from_records(vec![
+            record("a", Some("aa")),
+            record("b", None),
+            record("c", Some("aa")),
+        ])
+        .unwrap();
+        assert_eq!(index.models().iter().collect::<Vec<_>>(), ["aa"]);
+        let mixed = Index::from_records(vec![record("a", Some("bb")), record("b", Some("aa"))]);
+        assert_eq!(mixed.unwrap().models().len(), 2);
+        assert!(Index::from_matrix(ids(1), 2, vec![1.0, 0.0])
+            .unwrap()
+            .models()
+            .is_empty());
     }
 }
