@@ -21,7 +21,11 @@ pub use embatch_formats::run::DEFAULT_MODEL_SPEC;
 /// Exit codes: 0 every image written, skipped or failed (see the report); 2 configuration
 /// error (do not retry); 75 infrastructure still failing after retries; 143 stopped by SIGTERM.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "embatch-worker", version)]
+#[command(
+    name = "embatch-worker",
+    version,
+    after_help = "`embatch-worker embed FILE...` embeds local image files instead (see its --help)."
+)]
 pub struct Config {
     /// The run's folder, `s3://bucket/prefix/<run-id>/`.
     #[arg(long, env = env::RUN_URI, value_name = "S3_URI")]

@@ -7,9 +7,13 @@ use embatch_worker::config::Config;
 use embatch_worker::resources::{JobResources, PoolPlan};
 use embatch_worker::Ending;
 
+mod embed;
 mod logging;
 
 fn main() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "embed") {
+        std::process::exit(embed::main(std::env::args_os().skip(1)));
+    }
     // Bad flags exit 2 (clap's code, which is also `exit::PERMANENT`).
     let config = Config::parse();
     let progress = logging::init(config.log_format);
