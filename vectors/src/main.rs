@@ -7,6 +7,9 @@
 //!                                                 part-NNNNN.parquet files + _embatch-export.json
 //! embatch-vectors --table T nearest ID [-k 10]    the K most similar vectors (exact cosine)
 //! embatch-vectors nearest ID --export DIR         the same over an export (npy or Parquet)
+//! embatch-vectors nearest --image FILE [--model-spec S] ...
+//!                                                 the vectors nearest an image file's (embedded
+//!                                                 by `embatch-worker embed`)
 //! embatch-vectors --table T index --vector-bucket B --index I [--create] [--from-export DIR]
 //!                                                 load an Amazon S3 Vectors index
 //! ```
@@ -15,17 +18,18 @@
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 mod parquet_export;
+mod query_image;
 mod vector_index;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use embatch_aws::client::{self, AwsOptions};
 use embatch_formats::run::env;
 use embatch_records::export::{export, IDS_FILE, VECTORS_FILE};
-use embatch_records::nearest::{Index, IndexError};
+use embatch_records::nearest::{Index, IndexError, Neighbour};
 use embatch_records::parquet::{read_records, ParquetOptions};
 use embatch_records::reader::TableReader;
 use embatch_records::vector::{attr, VectorRecord, DATA_TYPE_F32};
@@ -70,24 +74,40 @@ enum Command {
     /// Model (filterable), ModelSha256 and SourceEtag (not); only what is missing or changed is
     /// written, paced below the index's write limits.
     Index(IndexArgs),
-    /// The K vectors most similar to ID's (exact cosine similarity, all cores), read from the
-    /// table (a whole scan) or from an export directory.
-    Nearest {
-        /// The ImageId whose neighbours are wanted.
-        id: String,
-        /// How many neighbours.
-        #[arg(short, default_value_t = 10)]
-        k: usize,
-        /// Search DIR (written by `export`, npy or Parquet) instead of the table.
-        #[arg(long, value_name = "DIR")]
-        export: Option<PathBuf>,
-        /// Parallel scan segments when reading the table.
-        #[arg(long, default_value_t = 4)]
-        segments: u32,
-        /// One JSON object per neighbour (`image_id`, `similarity`), instead of text lines.
-        #[arg(long)]
-        json: bool,
-    },
+    /// The K vectors most similar to ID's, or to an image file's (exact cosine similarity, all
+    /// cores), read from the table (a whole scan) or from an export directory.
+    Nearest(NearestArgs),
+}
+
+/// `embatch-vectors nearest`.
+#[derive(Args)]
+#[command(group(ArgGroup::new("query").required(true).args(["id", "image"])))]
+struct NearestArgs {
+    /// The ImageId whose neighbours are wanted.
+    id: Option<String>,
+    /// Instead of an ImageId, an image file: embedded by `embatch-worker embed` with
+    /// --model-spec, which must be the model that computed the vectors.
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// The spec of the vectors' model, for --image (default: the worker's default spec).
+    #[arg(long, value_name = "TOML", requires = "image")]
+    model_spec: Option<PathBuf>,
+    /// The embatch-worker binary that embeds --image (default: the one beside this program,
+    /// else `embatch-worker` on PATH).
+    #[arg(long, value_name = "PATH", requires = "image")]
+    worker: Option<PathBuf>,
+    /// How many neighbours.
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    /// Search DIR (written by `export`, npy or Parquet) instead of the table.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// Parallel scan segments when reading the table.
+    #[arg(long, default_value_t = 4)]
+    segments: u32,
+    /// One JSON object per neighbour (`image_id`, `similarity`), instead of text lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[tokio::main]
@@ -138,21 +158,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             index(source, &aws, args).await
         }
-        Command::Nearest {
-            id,
-            k,
-            export,
-            segments,
-            json,
-        } => {
-            let index = match export {
-                Some(dir) => Index::read_export(&dir)?,
+        Command::Nearest(args) => {
+            // The query image first: a refused image or a wrong model fails before a scan.
+            let query = match &args.image {
+                Some(image) => Some(query_image::embed(
+                    args.worker.as_deref(),
+                    args.model_spec.as_deref(),
+                    image,
+                )?),
+                None => None,
+            };
+            let index = match &args.export {
+                Some(dir) => Index::read_export(dir)?,
                 None => {
-                    let records = reader().await?.scan(segments).try_collect().await?;
+                    let records = reader().await?.scan(args.segments).try_collect().await?;
                     Index::from_records(records)?
                 }
             };
-            nearest(&index, &id, k, json)
+            let neighbours = match (&query, &args.id) {
+                (Some(query), _) => {
+                    query_image::check_model(&index, query)?;
+                    index.nearest(&query.vector, args.k)
+                }
+                (None, Some(id)) => index.nearest_to(id, args.k),
+                (None, None) => unreachable!("clap requires an id or --image"),
+            };
+            print_nearest(&index, neighbours, args.json)
         }
     }
 }
@@ -304,8 +335,13 @@ async fn get(reader: &TableReader, ids: &[String], json: bool) -> anyhow::Result
     })
 }
 
-fn nearest(index: &Index, id: &str, k: usize, json: bool) -> anyhow::Result<ExitCode> {
-    let neighbours = match index.nearest_to(id, k) {
+/// Prints the neighbours found, or says which ImageId is not there (exit 1).
+fn print_nearest(
+    index: &Index,
+    neighbours: Result<Vec<Neighbour>, IndexError>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let neighbours = match neighbours {
         Ok(neighbours) => neighbours,
         Err(IndexError::UnknownId(id)) => {
             eprintln!("not found among {} vectors: {id:?}", index.len());
