@@ -138,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     if args.keep {
-        print_keep_instructions(&cloud.emulator);
+        print_keep_instructions(&cloud.emulator, &spec);
         std::mem::forget(cloud.emulator);
     }
     if runs.iter().any(|r| !r.success()) {
@@ -257,7 +257,6 @@ fn choose_model(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     test_model::resnet18_spec()
 }
 
-/// Whether the spec's model file exists and matches the spec's sha256.
 /// Whether the spec's model file is there; an error if it is there but not the spec's file.
 fn model_in_place(spec: &Path) -> anyhow::Result<bool> {
     match ModelSpec::from_path(spec)?.read_model() {
@@ -448,7 +447,7 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn print_keep_instructions(emulator: &Emulator) {
+fn print_keep_instructions(emulator: &Emulator, spec: &Path) {
     let env: Vec<String> = emulator
         .env()
         .iter()
@@ -458,10 +457,15 @@ fn print_keep_instructions(emulator: &Emulator) {
     println!("  endpoint  {}", emulator.endpoint());
     println!("  pid       {}", emulator.pid());
     println!("  table     {TABLE}");
+    println!("  model spec  {}", spec.display());
     println!("To look around:");
     println!("  export {}", env.join(" "));
     println!("  aws dynamodb scan --table-name {TABLE} --select COUNT");
     println!("  aws s3 ls --recursive s3://{BUCKET}/");
     println!("  target/release/embatch-vectors --table {TABLE} export --out vectors/");
+    println!(
+        "  target/release/embatch-vectors --table {TABLE} nearest --image IMAGE --model-spec {}",
+        spec.display()
+    );
     println!("stop it with: kill {}", emulator.pid());
 }

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use embatch_localaws::{bins, emulator, sample};
 use embatch_records::reader::TableReader;
+use embatch_records::vector::VectorRecord;
 use futures::TryStreamExt;
 
 /// Kills the kept emulator however the test ends.
@@ -80,4 +81,35 @@ async fn local_run_on_the_sample_set_prints_what_the_table_holds() {
         hits * 4 >= total * 3,
         "only {hits}/{total} same-family neighbours"
     );
+    query_with_an_image_as_printed(&fields, &records);
+}
+
+/// The kept run's `nearest --image` instruction, with one of the uploaded images: the engine
+/// that embeds the query is the worker's, so the image finds its own stored vector first.
+fn query_with_an_image_as_printed(fields: &HashMap<String, String>, records: &[VectorRecord]) {
+    let image = &sample::generate(6, 7)[5];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("query.img");
+    std::fs::write(&file, &image.bytes).unwrap();
+    let out = Command::new(bins::binary("embatch-vectors").unwrap())
+        .envs(emulator::env_for(&fields["endpoint"]))
+        .args(["--table", &fields["table"], "nearest", "-k", "1", "--json"])
+        .arg("--image")
+        .arg(&file)
+        .args(["--model-spec", &fields["model spec"]])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let stored = records
+        .iter()
+        .find(|r| r.image_id.ends_with(&image.name))
+        .unwrap();
+    assert_eq!(top["image_id"], stored.image_id.as_str(), "{stdout}");
+    assert!(top["similarity"].as_f64().unwrap() > 0.9999, "{stdout}");
 }
