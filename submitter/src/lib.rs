@@ -7,7 +7,8 @@
 //! 2. [`preflight`]: the paths are readable by the job role and listable, the job queue,
 //!    job definition and table exist; [`model_check`]: the table holds no other model's
 //!    vectors (one model per table) unless `--replace-model`;
-//! 3. [`listing`]: list every prefix (all pages, concurrently), keep images once each;
+//! 3. [`listing`]: list every prefix (all pages; large prefixes split into key ranges listed
+//!    at once, [`key_ranges`]), keep images once each;
 //! 4. [`plan`]: assign ImageIds (refusing collisions), chunk into manifests, split into jobs;
 //! 5. [`submission`]: write the manifests, write `run.json`, submit the jobs one by one, each
 //!    recorded in `run.json` as soon as AWS Batch has it.
@@ -16,6 +17,7 @@
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod event;
+pub mod key_ranges;
 pub mod listing;
 pub mod model_check;
 pub mod plan;
@@ -34,7 +36,7 @@ use embatch_formats::s3uri::S3Uri;
 use embatch_records::reader::TableReader;
 
 use crate::event::PathsEvent;
-use crate::listing::{ExtensionFilter, ListingStats};
+use crate::listing::{ExtensionFilter, ListOptions, ListingStats};
 use crate::plan::JobSpec;
 use crate::submission::JobTarget;
 
@@ -77,6 +79,8 @@ pub struct SubmitOptions {
     pub image_id: ImageIdMode,
     /// Which objects are images.
     pub extensions: ExtensionFilter,
+    /// How the prefixes are listed.
+    pub listing: ListOptions,
     /// vCPU-seconds per image for the estimate.
     pub seconds_per_image: f64,
     /// The prefixes the job role can read; when given, a path outside them is refused.
@@ -160,7 +164,8 @@ pub async fn submit(
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
     preflight(clients, &roots, &runs, options).await?;
 
-    let listing = listing::list_images(&clients.s3, &roots, &options.extensions).await?;
+    let listing =
+        listing::list_images(&clients.s3, &roots, &options.extensions, &options.listing).await?;
     tracing::info!(stats = ?listing.stats, "listing done");
     if listing.images.is_empty() {
         let paths: Vec<String> = roots.iter().map(|r| r.to_string()).collect();

@@ -1,15 +1,19 @@
-//! Listing the input prefixes: every page of ListObjectsV2, the prefixes concurrently, each
-//! object kept once, images chosen by extension.
+//! Listing the input prefixes: every page of ListObjectsV2, the prefixes and the key ranges of
+//! large prefixes ([`crate::key_ranges`]) listed at once, each object kept once, images chosen
+//! by extension.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use serde::Serialize;
 
 use aws_sdk_s3::types::EncodingType;
 use embatch_aws::sdk_error::describe;
 use embatch_formats::s3uri::{decode_listed_key, S3Uri};
+
+use crate::key_ranges::{split_points, KeyRange};
 
 /// Extensions listed as images unless `--extensions` says otherwise.
 pub const DEFAULT_EXTENSIONS: &[&str] =
@@ -19,8 +23,8 @@ pub const DEFAULT_EXTENSIONS: &[&str] =
 /// and the emulator returns more when asked to, which would hide pagination bugs.
 pub const PAGE_SIZE: i32 = 1000;
 
-/// How many prefixes are listed at once.
-const LIST_CONCURRENCY: usize = 8;
+/// ListObjectsV2 requests in flight at once by default.
+const LIST_CONCURRENCY: usize = 16;
 
 /// Chooses image objects by extension, case-insensitively.
 #[derive(Clone, Debug)]
@@ -81,6 +85,9 @@ pub struct ListedImage {
 pub struct ListingStats {
     /// ListObjectsV2 pages requested, over all prefixes.
     pub pages: u64,
+    /// Key ranges listed (one per prefix, more where a large prefix was split to be listed
+    /// at once).
+    pub ranges: u64,
     /// Distinct objects listed.
     pub objects: u64,
     /// Objects listed more than once by overlapping prefixes (counted once in `objects`).
@@ -104,27 +111,44 @@ pub struct Listing {
     pub stats: ListingStats,
 }
 
-/// Lists every prefix in `roots` (concurrently, every page) and keeps the images.
+/// How a listing is run.
+#[derive(Clone, Debug)]
+pub struct ListOptions {
+    /// Keys asked for per ListObjectsV2 page.
+    pub page_size: i32,
+    /// ListObjectsV2 requests in flight at once, over all roots.
+    pub concurrency: usize,
+    /// Pages a key range yields one after the other before its rest may be split into
+    /// ranges listed at once (only while fewer than `concurrency` requests have work).
+    pub split_after_pages: u32,
+}
+
+impl Default for ListOptions {
+    /// 1000 keys a page, 16 requests in flight, a range split after 2 pages: a prefix of up
+    /// to 2,000 keys is listed exactly as a paginator would.
+    fn default() -> Self {
+        ListOptions {
+            page_size: PAGE_SIZE,
+            concurrency: LIST_CONCURRENCY,
+            split_after_pages: 2,
+        }
+    }
+}
+
+/// Lists every prefix in `roots` (every page, in key ranges listed at once) and keeps the
+/// images.
 pub async fn list_images(
     s3: &aws_sdk_s3::Client,
     roots: &[S3Uri],
     filter: &ExtensionFilter,
+    options: &ListOptions,
 ) -> anyhow::Result<Listing> {
-    let per_root: Vec<(Vec<ListedImage>, u64)> = futures::stream::iter(roots.iter())
-        .map(|root| list_prefix(s3, root))
-        .buffer_unordered(LIST_CONCURRENCY)
-        .try_collect()
-        .await?;
-
-    let mut stats = ListingStats::default();
+    let (per_root, mut stats) = list_roots(s3, roots, options).await?;
     let mut unique: BTreeMap<(String, String), ListedImage> = BTreeMap::new();
-    for (objects, pages) in per_root {
-        stats.pages += pages;
-        for object in objects {
-            let id = (object.bucket.clone(), object.key.clone());
-            if unique.insert(id, object).is_some() {
-                stats.duplicates += 1;
-            }
+    for object in per_root.into_iter().flatten() {
+        let id = (object.bucket.clone(), object.key.clone());
+        if unique.insert(id, object).is_some() {
+            stats.duplicates += 1;
         }
     }
     stats.objects = unique.len() as u64;
@@ -145,53 +169,140 @@ pub async fn list_images(
     Ok(Listing { images, stats })
 }
 
-/// Every object under one prefix, and the number of pages it took. Keys are listed
+/// A key range of one root, and how many pages it has yielded.
+struct Work {
+    root: usize,
+    range: KeyRange,
+    pages: u32,
+}
+
+/// Every object under each root (in no particular order), with `pages` and `ranges` counted.
+///
+/// Each root starts as one range. A range is listed page by page; when a page comes back
+/// truncated, the rest of the range is queued again, or, after `split_after_pages` pages
+/// and while requests are idle, split into ranges listed at once ([`key_ranges`]).
+async fn list_roots(
+    s3: &aws_sdk_s3::Client,
+    roots: &[S3Uri],
+    options: &ListOptions,
+) -> anyhow::Result<(Vec<Vec<ListedImage>>, ListingStats)> {
+    let mut objects: Vec<Vec<ListedImage>> = vec![Vec::new(); roots.len()];
+    let mut siblings: Vec<Siblings> = roots.iter().map(|_| Siblings::default()).collect();
+    let mut stats = ListingStats::default();
+    let mut pending: VecDeque<Work> = (0..roots.len())
+        .map(|root| Work {
+            root,
+            range: KeyRange::all(),
+            pages: 0,
+        })
+        .collect();
+    stats.ranges = pending.len() as u64;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < options.concurrency.max(1) {
+            let Some(work) = pending.pop_front() else {
+                break;
+            };
+            let root = &roots[work.root];
+            in_flight.push(async move {
+                let page = list_page(s3, root, &work.range, options.page_size).await;
+                (work, page)
+            });
+        }
+        let Some((work, page)) = in_flight.next().await else {
+            break;
+        };
+        let page = page.with_context(|| format!("listing {}", roots[work.root]))?;
+        stats.pages += 1;
+        let root = &roots[work.root];
+        let sample: Vec<String> = page.objects.iter().map(|o| o.key.clone()).collect();
+        let mut beyond = false;
+        for object in page.objects {
+            if work.range.is_beyond(&object.key) {
+                beyond = true;
+                break;
+            }
+            siblings[work.root].see(root, &object.key);
+            objects[work.root].push(object);
+        }
+        let Some(last) = sample.last().filter(|_| page.truncated && !beyond) else {
+            continue; // the range is done
+        };
+        let rest = Work {
+            range: KeyRange {
+                after: Some(last.clone()),
+                upto: work.range.upto,
+            },
+            pages: work.pages + 1,
+            root: work.root,
+        };
+        let idle = pending.len() + in_flight.len() < options.concurrency;
+        if rest.pages < options.split_after_pages || !idle {
+            pending.push_back(rest);
+            continue;
+        }
+        let sample: Vec<&str> = sample.iter().map(String::as_str).collect();
+        let points = split_points(last, rest.range.upto.as_deref(), &root.key, &sample);
+        stats.ranges += points.len() as u64;
+        tracing::debug!(%root, after = %last, ranges = points.len() + 1, "splitting a key range");
+        pending.extend(rest.range.split_at(points).into_iter().map(|range| Work {
+            root: rest.root,
+            range,
+            pages: rest.pages,
+        }));
+    }
+    for ((root, objects), siblings) in roots.iter().zip(&objects).zip(&siblings) {
+        tracing::info!(%root, objects = objects.len(), "listed");
+        siblings.warn(root);
+    }
+    Ok((objects, stats))
+}
+
+/// One ListObjectsV2 page of a range.
+struct Page {
+    objects: Vec<ListedImage>,
+    truncated: bool,
+}
+
+/// The page of `range` under `root` that starts after `range.after`. Keys are listed
 /// URL-encoded (`EncodingType=url`) and decoded here: one key with a character XML cannot
 /// carry would otherwise make its whole page unparseable.
-async fn list_prefix(
+async fn list_page(
     s3: &aws_sdk_s3::Client,
     root: &S3Uri,
-) -> anyhow::Result<(Vec<ListedImage>, u64)> {
-    let mut pages = s3
+    range: &KeyRange,
+    page_size: i32,
+) -> anyhow::Result<Page> {
+    let page = s3
         .list_objects_v2()
         .bucket(&root.bucket)
         .prefix(&root.key)
-        .max_keys(PAGE_SIZE)
+        .set_start_after(range.after.clone())
+        .max_keys(page_size)
         .encoding_type(EncodingType::Url)
-        .into_paginator()
-        .send();
-    let mut objects = Vec::new();
-    let mut count = 0u64;
-    let mut siblings = Siblings::default();
-    while let Some(page) = pages.next().await {
-        let page = page
-            .map_err(|e| anyhow::anyhow!("{}", describe(&e)))
-            .with_context(|| format!("listing {root}"))?;
-        count += 1;
-        for object in page.contents() {
-            let Some(encoded) = object.key() else {
-                continue;
-            };
-            let key = decode_listed_key(encoded).with_context(|| {
-                format!("listing {root}: key {encoded:?} is not URL-encoded UTF-8")
-            })?;
-            siblings.see(root, &key);
-            objects.push(ListedImage {
-                bucket: root.bucket.clone(),
-                key,
-                size: object.size().unwrap_or(0).max(0) as u64,
-                etag: object
-                    .e_tag()
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_string(),
-            });
-        }
-        tracing::debug!(%root, page = count, objects = objects.len(), "listed a page");
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+    let mut objects = Vec::with_capacity(page.contents().len());
+    for object in page.contents() {
+        let Some(encoded) = object.key() else {
+            continue;
+        };
+        let key = decode_listed_key(encoded)
+            .with_context(|| format!("key {encoded:?} is not URL-encoded UTF-8"))?;
+        objects.push(ListedImage {
+            bucket: root.bucket.clone(),
+            key,
+            size: object.size().unwrap_or(0).max(0) as u64,
+            etag: object
+                .e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string(),
+        });
     }
-    tracing::info!(%root, objects = objects.len(), pages = count, "listed");
-    siblings.warn(root);
-    Ok((objects, count))
+    let truncated = page.is_truncated().unwrap_or(false);
+    Ok(Page { objects, truncated })
 }
 
 /// Keys a prefix without a trailing slash matched outside the folder of the same name

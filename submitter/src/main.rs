@@ -21,7 +21,7 @@ use embatch_formats::image_id::ImageIdMode;
 use embatch_formats::run::{env, submit_env};
 use embatch_formats::s3uri::S3Uri;
 use embatch_submitter::event::PathsEvent;
-use embatch_submitter::listing::{ExtensionFilter, DEFAULT_EXTENSIONS};
+use embatch_submitter::listing::{ExtensionFilter, ListOptions, DEFAULT_EXTENSIONS};
 use embatch_submitter::plan::DEFAULT_IMAGES_PER_JOB;
 use embatch_submitter::{
     runs_root, status, submit, Clients, InputError, SubmitOptions, DEFAULT_MODEL_SPEC,
@@ -111,6 +111,10 @@ struct SubmitArgs {
         value_name = "S3_URIS"
     )]
     readable_prefixes: Option<Vec<S3Uri>>,
+    /// ListObjectsV2 requests in flight at once: a prefix of more than 2,000 keys is split
+    /// into key ranges listed side by side (1 lists each prefix page by page).
+    #[arg(long, default_value_t = ListOptions::default().concurrency, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    list_concurrency: usize,
     /// List and plan only; write and submit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -188,6 +192,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_array_size: args.max_array_size,
                 image_id: args.image_id,
                 extensions: ExtensionFilter::new(&args.extensions),
+                listing: ListOptions {
+                    concurrency: args.list_concurrency,
+                    ..ListOptions::default()
+                },
                 seconds_per_image: args.seconds_per_image,
                 readable_prefixes: args.readable_prefixes,
                 dry_run: args.dry_run,

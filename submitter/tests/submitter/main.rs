@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod listing;
 mod model;
 mod status;
 mod submit;

@@ -1,0 +1,128 @@
+//! Listing a large prefix in key ranges at once lists exactly the objects a sequential
+//! paginator lists: hash-named keys, folders, keys that sit exactly on split points, and keys
+//! whose UTF-8 bytes sort differently from their look (non-ASCII, spaces, `~`).
+
+use std::collections::BTreeSet;
+
+use embatch_formats::s3uri::S3Uri;
+use embatch_localaws::fixture::{put_bytes, Cloud};
+use embatch_submitter::listing::{list_images, ExtensionFilter, ListOptions, Listing};
+use futures::StreamExt;
+
+/// The keys: 240 hash-like names, folders, and edge cases.
+fn keys() -> Vec<String> {
+    let mut keys: Vec<String> = (0..240u64)
+        .map(|i| format!("mix/flat/{:08x}.jpg", (i * 17_891_237) % (1 << 32)))
+        .collect();
+    // Flat hash-like names, and keys on the points the first split of flat/ cuts at
+    // ("flat/1", "flat/01", …: see key_ranges::split_points).
+    keys.extend((0..240u64).map(|i| format!("flat/{:08x}.jpg", (i * 17_891_237) % (1 << 32))));
+    for c in "0123456789abcdef".chars() {
+        keys.push(format!("flat/{c}"));
+        keys.push(format!("flat/0{c}"));
+    }
+    keys.extend((0..30).map(|i| format!("mix/a/{i}.jpg")));
+    keys.extend((0..30).map(|i| format!("mix/b/{i:03}.png")));
+    for key in [
+        "mix/a/",
+        "mix/1",
+        "mix/f",
+        "mix/flat/1",
+        "mix/flat/01",
+        "mix/flat/0",
+        "mix/flat/f.jpg",
+        "mix/é/1.jpg",
+        "mix/é.jpg",
+        "mix/日本/2.jpg",
+        "mix/😀.jpg",
+        "mix/a b+c%.jpg",
+        "mix/~x.jpg",
+        "mix/~",
+        "mix/notes.txt",
+        "other/1.jpg",
+        "other/2.jpg",
+    ] {
+        keys.push(key.to_string());
+    }
+    keys
+}
+
+/// Every key under `prefix`, by the SDK's own paginator.
+async fn paginated(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> BTreeSet<String> {
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let mut keys = BTreeSet::new();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap();
+        keys.extend(page.contents().iter().map(|o| o.key().unwrap().to_string()));
+    }
+    keys
+}
+
+fn image_keys(listing: &Listing) -> Vec<&str> {
+    listing.images.iter().map(|i| i.key.as_str()).collect()
+}
+
+#[tokio::test]
+async fn key_ranges_listed_at_once_list_what_a_paginator_lists() {
+    let s = Cloud::start().await;
+    let keys = keys();
+    futures::stream::iter(&keys)
+        .map(|key| async { put_bytes(&s.s3, &S3Uri::new(&s.bucket, key.as_str()), b"x").await })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let roots = ["mix/", "flat/", "other/"].map(|prefix| S3Uri::new(&s.bucket, prefix));
+    let filter = ExtensionFilter::default();
+
+    let sequential = ListOptions {
+        page_size: 7,
+        concurrency: 1,
+        split_after_pages: u32::MAX,
+    };
+    let parallel = ListOptions {
+        page_size: 7,
+        concurrency: 16,
+        split_after_pages: 1,
+    };
+    let one_by_one = list_images(&s.s3, &roots, &filter, &sequential)
+        .await
+        .unwrap();
+    let at_once = list_images(&s.s3, &roots, &filter, &parallel)
+        .await
+        .unwrap();
+
+    let mut truth = BTreeSet::new();
+    for root in &roots {
+        truth.extend(paginated(&s.s3, &s.bucket, &root.key).await);
+    }
+    assert_eq!(truth, keys.iter().cloned().collect::<BTreeSet<_>>());
+    let images: Vec<&str> = truth
+        .iter()
+        .map(String::as_str)
+        .filter(|k| filter.matches(k))
+        .collect();
+    assert_eq!(image_keys(&one_by_one), images);
+    assert_eq!(image_keys(&at_once), images);
+    assert_eq!(at_once.stats.objects, truth.len() as u64);
+    assert_eq!(at_once.stats.duplicates, 0);
+    assert_eq!(
+        (at_once.stats.directory_markers, at_once.stats.not_images),
+        (
+            one_by_one.stats.directory_markers,
+            one_by_one.stats.not_images
+        )
+    );
+    // Page by page: ceil(n / 7) pages for each root, one range each.
+    let pages =
+        |prefix| (truth.iter().filter(|k| k.starts_with(prefix)).count() as u64).div_ceil(7);
+    assert_eq!(one_by_one.stats.pages, pages("mix/") + pages("flat/") + 1);
+    assert_eq!(one_by_one.stats.ranges, 3);
+    assert_eq!(one_by_one.stats.objects, truth.len() as u64);
+    // At once: the large prefixes were split (more ranges than roots).
+    assert!(at_once.stats.ranges > 10, "{:?}", at_once.stats);
+}
