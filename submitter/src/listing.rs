@@ -236,16 +236,22 @@ async fn list_roots(
             pages: work.pages + 1,
             root: work.root,
         };
-        let idle = pending.len() + in_flight.len() < options.concurrency;
+        // Split only if requests would otherwise sit idle (the rest itself takes one).
+        let idle = pending.len() + in_flight.len() + 1 < options.concurrency;
         if rest.pages < options.split_after_pages || !idle {
-            pending.push_back(rest);
+            // First in line: a range under way is the longest chain of pages left.
+            pending.push_front(rest);
             continue;
         }
         let sample: Vec<&str> = sample.iter().map(String::as_str).collect();
         let points = split_points(last, rest.range.upto.as_deref(), &root.key, &sample);
         stats.ranges += points.len() as u64;
         tracing::debug!(%root, after = %last, ranges = points.len() + 1, "splitting a key range");
-        pending.extend(rest.range.split_at(points).into_iter().map(|range| Work {
+        let mut pieces = rest.range.split_at(points);
+        // Wider pieces first: those cut one character past the stem span more keys than
+        // those cut two past it, and the longest chains of pages should start soonest.
+        pieces.sort_by_key(|piece| piece.after.as_ref().map_or(0, String::len));
+        pending.extend(pieces.into_iter().map(|range| Work {
             root: rest.root,
             range,
             pages: rest.pages,

@@ -3,9 +3,13 @@
 //! whose UTF-8 bytes sort differently from their look (non-ASCII, spaces, `~`).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
+use embatch_aws::client;
 use embatch_formats::s3uri::S3Uri;
+use embatch_localaws::emulator;
 use embatch_localaws::fixture::{put_bytes, Cloud};
+use embatch_localaws::listing_server::{ListingServer, SyntheticBucket};
 use embatch_submitter::listing::{list_images, ExtensionFilter, ListOptions, Listing};
 use futures::StreamExt;
 
@@ -125,4 +129,75 @@ async fn key_ranges_listed_at_once_list_what_a_paginator_lists() {
     assert_eq!(one_by_one.stats.objects, truth.len() as u64);
     // At once: the large prefixes were split (more ranges than roots).
     assert!(at_once.stats.ranges > 10, "{:?}", at_once.stats);
+}
+
+/// The listing stand-in's bucket: `objects` hash-like keys under `images/`.
+fn synthetic(objects: u64) -> SyntheticBucket {
+    SyntheticBucket {
+        bucket: "synthetic".into(),
+        prefix: "images/".into(),
+        objects,
+        latency: Duration::ZERO,
+    }
+}
+
+#[tokio::test]
+async fn fifty_thousand_hash_named_keys_listed_at_once_are_each_listed_once() {
+    let bucket = synthetic(50_000);
+    let server = ListingServer::start(bucket.clone()).unwrap();
+    let s3 = client::s3(&emulator::sdk_config_for(&server.endpoint()).await);
+    let root = [S3Uri::new(&bucket.bucket, &bucket.prefix)];
+    let listing = list_images(
+        &s3,
+        &root,
+        &ExtensionFilter::default(),
+        &ListOptions::default(),
+    )
+    .await
+    .unwrap();
+    let want: Vec<String> = (0..bucket.objects).map(|i| bucket.key(i)).collect();
+    assert_eq!(image_keys(&listing), want);
+    assert_eq!(listing.stats.duplicates, 0);
+    assert_eq!(listing.stats.pages, server.pages());
+    assert!(listing.stats.ranges > 16, "{:?}", listing.stats);
+    // Each range ends with a short or empty page: more pages than the 50 of one paginator,
+    // fewer than twice as many.
+    assert!(
+        (51..100).contains(&listing.stats.pages),
+        "{:?}",
+        listing.stats
+    );
+
+    // The stand-in rolls keys up under a delimiter and pages by continuation token.
+    let page = s3
+        .list_objects_v2()
+        .bucket(&bucket.bucket)
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let rolled: Vec<&str> = page
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!((rolled, page.contents().len()), (vec!["images/"], 0));
+    let mut paginator = s3
+        .list_objects_v2()
+        .bucket(&bucket.bucket)
+        .prefix("images/f")
+        .max_keys(700)
+        .into_paginator()
+        .send();
+    let mut keys = Vec::new();
+    while let Some(page) = paginator.next().await {
+        keys.extend(
+            page.unwrap()
+                .contents()
+                .iter()
+                .map(|o| o.key().unwrap().to_string()),
+        );
+    }
+    let under_f: Vec<&String> = want.iter().filter(|k| k.starts_with("images/f")).collect();
+    assert_eq!(keys.iter().collect::<Vec<_>>(), under_f);
 }

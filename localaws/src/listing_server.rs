@@ -1,0 +1,232 @@
+//! A stand-in for S3's listing alone, for buckets the emulator cannot hold: ListObjectsV2
+//! pages of a generated bucket of any size, served on 127.0.0.1 with a fixed latency per
+//! page (S3 takes about 100 ms a page).
+//!
+//! The bucket holds `objects` keys `<prefix><16 hex digits>.jpg`, spread evenly over the
+//! 64-bit hex space like hash-named keys, in S3's order; key `i` is computed, not stored, so
+//! ten million objects cost nothing. Requests honour `prefix`, `delimiter`, `start-after`,
+//! `continuation-token` and `max-keys` (at most 1000, as S3). Every other request is
+//! answered 501.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+/// The generated bucket.
+#[derive(Clone, Debug)]
+pub struct SyntheticBucket {
+    /// The bucket's name (requests for another are answered NoSuchBucket).
+    pub bucket: String,
+    /// What every key starts with, e.g. `images/`.
+    pub prefix: String,
+    /// How many objects it holds.
+    pub objects: u64,
+    /// Waited before each page is answered.
+    pub latency: Duration,
+}
+
+impl SyntheticBucket {
+    /// Key `i` (0-based) in listing order.
+    pub fn key(&self, i: u64) -> String {
+        let spread = ((i as u128) << 64) / self.objects.max(1) as u128;
+        format!("{}{:016x}.jpg", self.prefix, spread as u64)
+    }
+
+    /// Size of object `i` in bytes (varied, never 0).
+    pub fn size(&self, i: u64) -> u64 {
+        50_000 + (i * 7_919) % 400_000
+    }
+
+    /// The index of the first key that is greater than `key` (or, `inclusive`, not less).
+    fn first_from(&self, key: &str, inclusive: bool) -> u64 {
+        let (mut low, mut high) = (0, self.objects);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let k = self.key(mid);
+            if k.as_str() > key || (inclusive && k == key) {
+                high = mid;
+            } else {
+                low = mid + 1;
+            }
+        }
+        low
+    }
+}
+
+/// The server; stopped when dropped.
+pub struct ListingServer {
+    address: std::net::SocketAddr,
+    pages: Arc<AtomicU64>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ListingServer {
+    /// Serves `bucket` on a free 127.0.0.1 port.
+    pub fn start(bucket: SyntheticBucket) -> anyhow::Result<ListingServer> {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("binding the listing server")?;
+        listener.set_nonblocking(true)?;
+        let address = listener.local_addr()?;
+        let pages = Arc::new(AtomicU64::new(0));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the listing server's runtime")?;
+        let (shutdown, stop) = oneshot::channel();
+        let state = Arc::new((bucket, pages.clone()));
+        let thread = std::thread::Builder::new()
+            .name("listing-server".into())
+            .spawn(move || runtime.block_on(serve(listener, state, stop)))
+            .context("starting the listing server's thread")?;
+        Ok(ListingServer {
+            address,
+            pages,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// ListObjectsV2 pages answered so far.
+    pub fn pages(&self) -> u64 {
+        self.pages.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ListingServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.shutdown.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+type State = Arc<(SyntheticBucket, Arc<AtomicU64>)>;
+
+async fn serve(listener: std::net::TcpListener, state: State, mut stop: oneshot::Receiver<()>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+async fn answer<B>(state: &State, request: Request<B>) -> Response<Full<Bytes>> {
+    let (bucket, pages) = (&state.0, &state.1);
+    let path = request.uri().path().trim_matches('/');
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (status, body) = if get("list-type") != Some("2") || path.contains('/') {
+        (
+            501,
+            "<Error><Code>NotImplemented</Code></Error>".to_string(),
+        )
+    } else if path != bucket.bucket {
+        (404, "<Error><Code>NoSuchBucket</Code></Error>".to_string())
+    } else {
+        tokio::time::sleep(bucket.latency).await;
+        pages.fetch_add(1, Ordering::Relaxed);
+        (200, list_page(bucket, &get))
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/xml")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a static response is valid")
+}
+
+/// The ListObjectsV2 page a request asks for.
+fn list_page<'q>(bucket: &SyntheticBucket, get: &impl Fn(&str) -> Option<&'q str>) -> String {
+    let prefix = get("prefix").unwrap_or("");
+    let delimiter = get("delimiter").filter(|d| !d.is_empty());
+    let max_keys: u64 = get("max-keys").and_then(|m| m.parse().ok()).unwrap_or(1000);
+    let max_keys = max_keys.min(1000);
+    let mut next = match (get("continuation-token"), get("start-after")) {
+        (Some(token), _) => token.parse().unwrap_or(bucket.objects),
+        (None, Some(after)) => bucket.first_from(after, false),
+        (None, None) => 0,
+    };
+    next = next.max(bucket.first_from(prefix, true));
+    let (mut contents, mut common) = (String::new(), Vec::<String>::new());
+    let mut count = 0;
+    while next < bucket.objects && count < max_keys {
+        let key = bucket.key(next);
+        let Some(rest) = key.strip_prefix(prefix) else {
+            break;
+        };
+        if let Some(cut) = delimiter.and_then(|d| rest.find(d).map(|at| at + d.len())) {
+            let rolled = format!("{prefix}{}", &rest[..cut]);
+            // Past every key under the rolled-up prefix.
+            next = bucket.first_from(&format!("{rolled}\u{10ffff}"), false);
+            common.push(rolled);
+        } else {
+            let _ = write!(
+                contents,
+                "<Contents><Key>{key}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>\
+                 <ETag>\"{next:032x}\"</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                bucket.size(next)
+            );
+            next += 1;
+        }
+        count += 1;
+    }
+    let more = next < bucket.objects && bucket.key(next).starts_with(prefix);
+    let token = if more {
+        format!("<NextContinuationToken>{next}</NextContinuationToken>")
+    } else {
+        String::new()
+    };
+    let common: String = common
+        .iter()
+        .map(|p| format!("<CommonPrefixes><Prefix>{p}</Prefix></CommonPrefixes>"))
+        .collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+         <Name>{}</Name><Prefix>{prefix}</Prefix><KeyCount>{count}</KeyCount>\
+         <MaxKeys>{max_keys}</MaxKeys><IsTruncated>{more}</IsTruncated>{token}{contents}{common}\
+         </ListBucketResult>",
+        bucket.bucket
+    )
+}
