@@ -7,7 +7,7 @@
 //! 2. [`preflight`]: the paths are readable by the job role and listable, the job queue,
 //!    job definition and table exist; [`model_check`]: the table holds no other model's
 //!    vectors (one model per table) unless `--replace-model`;
-//! 3. [`listing`]: list every prefix (all pages; large prefixes split into key ranges listed
+//! 3. [`listing`] (or [`inventory`], an S3 Inventory report instead): list every prefix (all pages; large prefixes split into key ranges listed
 //!    at once, [`key_ranges`]), keep images once each;
 //! 4. [`plan`]: assign ImageIds (refusing collisions), chunk into manifests, split into jobs;
 //! 5. [`submission`]: write the manifests, write `run.json`, submit the jobs one by one, each
@@ -17,6 +17,7 @@
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod event;
+pub mod inventory;
 pub mod key_ranges;
 pub mod listing;
 pub mod model_check;
@@ -81,6 +82,9 @@ pub struct SubmitOptions {
     pub extensions: ExtensionFilter,
     /// How the prefixes are listed.
     pub listing: ListOptions,
+    /// An S3 Inventory report's `manifest.json` to read the objects from instead of listing
+    /// (the paths then choose which of its objects are embedded).
+    pub inventory: Option<S3Uri>,
     /// vCPU-seconds per image for the estimate.
     pub seconds_per_image: f64,
     /// The prefixes the job role can read; when given, a path outside them is refused.
@@ -164,8 +168,14 @@ pub async fn submit(
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
     preflight(clients, &roots, &runs, options).await?;
 
-    let listing =
-        listing::list_images(&clients.s3, &roots, &options.extensions, &options.listing).await?;
+    let listing = match &options.inventory {
+        Some(manifest) => {
+            inventory::list_inventory(&clients.s3, manifest, &roots, &options.extensions).await?
+        }
+        None => {
+            listing::list_images(&clients.s3, &roots, &options.extensions, &options.listing).await?
+        }
+    };
     tracing::info!(stats = ?listing.stats, "listing done");
     if listing.images.is_empty() {
         let paths: Vec<String> = roots.iter().map(|r| r.to_string()).collect();

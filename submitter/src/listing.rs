@@ -88,6 +88,8 @@ pub struct ListingStats {
     /// Key ranges listed (one per prefix, more where a large prefix was split to be listed
     /// at once).
     pub ranges: u64,
+    /// S3 Inventory files read instead of listing (`--inventory`).
+    pub inventory_files: u64,
     /// Distinct objects listed.
     pub objects: u64,
     /// Objects listed more than once by overlapping prefixes (counted once in `objects`).
@@ -143,7 +145,18 @@ pub async fn list_images(
     filter: &ExtensionFilter,
     options: &ListOptions,
 ) -> anyhow::Result<Listing> {
-    let (per_root, mut stats) = list_roots(s3, roots, options).await?;
+    let (per_root, stats) = list_roots(s3, roots, options).await?;
+    Ok(keep_images(per_root, stats, filter))
+}
+
+/// The images among the objects found under each root: each object once (one found under
+/// two overlapping roots is counted in `duplicates`), sorted by bucket and key, directory
+/// markers, other extensions and empty objects counted and left out.
+pub(crate) fn keep_images(
+    per_root: Vec<Vec<ListedImage>>,
+    mut stats: ListingStats,
+    filter: &ExtensionFilter,
+) -> Listing {
     let mut unique: BTreeMap<(String, String), ListedImage> = BTreeMap::new();
     for object in per_root.into_iter().flatten() {
         let id = (object.bucket.clone(), object.key.clone());
@@ -166,7 +179,7 @@ pub async fn list_images(
         }
     }
     stats.images = images.len() as u64;
-    Ok(Listing { images, stats })
+    Listing { images, stats }
 }
 
 /// A key range of one root, and how many pages it has yielded.

@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List the paths, write manifests, submit array jobs; prints a JSON summary.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// The state of a run's children and the workers' counts; prints JSON.
     Status(StatusArgs),
 }
@@ -115,6 +115,10 @@ struct SubmitArgs {
     /// into key ranges listed side by side (1 lists each prefix page by page).
     #[arg(long, default_value_t = ListOptions::default().concurrency, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     list_concurrency: usize,
+    /// Read the objects from this S3 Inventory report (its manifest.json; CSV or Parquet,
+    /// checksums verified) instead of listing; the paths choose which of them are embedded.
+    #[arg(long, value_name = "S3_URI")]
+    inventory: Option<S3Uri>,
     /// List and plan only; write and submit nothing.
     #[arg(long)]
     dry_run: bool,
@@ -196,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     concurrency: args.list_concurrency,
                     ..ListOptions::default()
                 },
+                inventory: args.inventory,
                 seconds_per_image: args.seconds_per_image,
                 readable_prefixes: args.readable_prefixes,
                 dry_run: args.dry_run,

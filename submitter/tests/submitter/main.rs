@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod inventory;
 mod listing;
 mod model;
 mod status;

@@ -1,0 +1,343 @@
+//! An S3 Inventory report instead of listing (`embatch submit --inventory URI`): at a hundred
+//! million objects, listing costs hours and 100,000 requests; the daily inventory AWS already
+//! wrote costs a few GETs.
+//!
+//! The report is read as AWS documents it: `manifest.json` (`sourceBucket`,
+//! `destinationBucket`, `fileFormat`, `fileSchema`, and `files`, each with its `key` in the
+//! destination bucket and its `MD5checksum`), verified against `manifest.checksum` when that
+//! is there; each file's MD5 is checked before it is read. CSV files are gzip, no header,
+//! fields quoted, in `fileSchema`'s order, keys URL-encoded; Parquet files have the columns
+//! `bucket`, `key`, `size`, `e_tag`, … with keys as they are. Rows of noncurrent versions and
+//! delete markers are left out (a listing shows neither). The objects under the run's paths
+//! then go through the same filters and counts as a listing's ([`crate::listing`]).
+
+use std::io::Read;
+
+use anyhow::{bail, Context};
+use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use serde::Deserialize;
+
+use embatch_aws::objects::get_if_exists;
+use embatch_formats::s3uri::{decode_listed_key, S3Uri};
+
+use crate::listing::{keep_images, ExtensionFilter, ListedImage, Listing, ListingStats};
+use crate::InputError;
+
+/// Inventory files read at once.
+const FILE_CONCURRENCY: usize = 4;
+
+/// `manifest.json`, the fields used.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    source_bucket: String,
+    /// `arn:aws:s3:::bucket`.
+    destination_bucket: String,
+    file_format: String,
+    file_schema: String,
+    files: Vec<ManifestFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestFile {
+    key: String,
+    #[serde(rename = "MD5checksum")]
+    md5: String,
+}
+
+/// One current object of the report.
+struct Row {
+    bucket: String,
+    key: String,
+    size: u64,
+    etag: String,
+}
+
+/// The images under `roots` according to the inventory whose `manifest.json` is `manifest`.
+pub async fn list_inventory(
+    s3: &aws_sdk_s3::Client,
+    manifest: &S3Uri,
+    roots: &[S3Uri],
+    filter: &ExtensionFilter,
+) -> anyhow::Result<Listing> {
+    let report = read_manifest(s3, manifest).await?;
+    if let Some(root) = roots.iter().find(|r| r.bucket != report.source_bucket) {
+        return Err(InputError(format!(
+            "path {root} is not in bucket {}, the one the inventory {manifest} lists",
+            report.source_bucket
+        ))
+        .into());
+    }
+    let destination = destination_bucket(&report.destination_bucket)
+        .with_context(|| format!("inventory manifest {manifest}"))?;
+    let format = report.file_format.as_str();
+    let files: Vec<Vec<Row>> = futures::stream::iter(&report.files)
+        .map(|file| {
+            read_file(
+                s3,
+                S3Uri::new(destination, &file.key),
+                file,
+                format,
+                &report,
+            )
+        })
+        .buffer_unordered(FILE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut per_root: Vec<Vec<ListedImage>> = vec![Vec::new(); roots.len()];
+    for row in files.into_iter().flatten() {
+        for (i, root) in roots.iter().enumerate() {
+            if row.bucket == root.bucket && row.key.starts_with(&root.key) {
+                per_root[i].push(ListedImage {
+                    bucket: row.bucket.clone(),
+                    key: row.key.clone(),
+                    size: row.size,
+                    etag: row.etag.clone(),
+                });
+            }
+        }
+    }
+    let stats = ListingStats {
+        inventory_files: report.files.len() as u64,
+        ..ListingStats::default()
+    };
+    tracing::info!(%manifest, files = report.files.len(), "inventory read");
+    Ok(keep_images(per_root, stats, filter))
+}
+
+/// `manifest.json`, checked against `manifest.checksum` beside it when there is one.
+async fn read_manifest(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<Manifest> {
+    let bytes = get_if_exists(s3, uri)
+        .await?
+        .ok_or_else(|| InputError(format!("no inventory manifest at {uri}")))?;
+    let checksum_uri = S3Uri::new(
+        &uri.bucket,
+        format!("{}manifest.checksum", parent(&uri.key)),
+    );
+    if let Some(checksum) = get_if_exists(s3, &checksum_uri).await? {
+        let expected = String::from_utf8_lossy(&checksum)
+            .trim()
+            .to_ascii_lowercase();
+        let actual = md5_hex(&bytes);
+        if expected != actual {
+            return Err(InputError(format!(
+                "inventory manifest {uri} has MD5 {actual}, but {checksum_uri} says {expected}: refusing it"
+            ))
+            .into());
+        }
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| InputError(format!("{uri} is not an S3 Inventory manifest.json: {e}")))?;
+    if !matches!(manifest.file_format.as_str(), "CSV" | "Parquet") {
+        return Err(InputError(format!(
+            "inventory {uri} is in {} format; embatch reads CSV and Parquet inventories",
+            manifest.file_format
+        ))
+        .into());
+    }
+    Ok(manifest)
+}
+
+/// The folder part of a key, with its trailing slash (empty at the top).
+fn parent(key: &str) -> &str {
+    key.rfind('/').map_or("", |i| &key[..=i])
+}
+
+/// `bucket` of `arn:aws:s3:::bucket` (any partition), or a bare name.
+fn destination_bucket(arn: &str) -> anyhow::Result<&str> {
+    match arn.rsplit_once(":::") {
+        Some((_, bucket)) if !bucket.is_empty() => Ok(bucket),
+        None if !arn.is_empty() && !arn.contains(':') => Ok(arn),
+        _ => bail!("destinationBucket {arn:?} is not an S3 bucket ARN"),
+    }
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    hex::encode(Md5::digest(bytes))
+}
+
+/// One inventory file's current objects, its MD5 checked first.
+async fn read_file(
+    s3: &aws_sdk_s3::Client,
+    uri: S3Uri,
+    file: &ManifestFile,
+    format: &str,
+    report: &Manifest,
+) -> anyhow::Result<Vec<Row>> {
+    let Some(bytes) = get_if_exists(s3, &uri).await? else {
+        let missing = format!("inventory file {uri}, listed in its manifest, is missing");
+        return Err(InputError(missing).into());
+    };
+    let actual = md5_hex(&bytes);
+    if !actual.eq_ignore_ascii_case(&file.md5) {
+        return Err(InputError(format!(
+            "inventory file {uri} has MD5 {actual}, but its manifest says {}: refusing the inventory",
+            file.md5
+        ))
+        .into());
+    }
+    let rows = match format {
+        "CSV" => csv_rows(&bytes, &report.file_schema),
+        _ => parquet_rows(Bytes::from(bytes)),
+    };
+    rows.with_context(|| format!("reading inventory file {uri}"))
+}
+
+/// The rows of a gzip CSV file whose columns `schema` names ("Bucket, Key, Size, …").
+fn csv_rows(gzip: &[u8], schema: &str) -> anyhow::Result<Vec<Row>> {
+    let columns: Vec<&str> = schema.split(',').map(str::trim).collect();
+    let column = |name: &str| columns.iter().position(|c| *c == name);
+    let (Some(bucket), Some(key)) = (column("Bucket"), column("Key")) else {
+        bail!("fileSchema {schema:?} has no Bucket and Key columns");
+    };
+    let (size, etag) = (column("Size"), column("ETag"));
+    let (latest, deleted) = (column("IsLatest"), column("IsDeleteMarker"));
+    let mut text = Vec::new();
+    flate2::read::GzDecoder::new(gzip)
+        .read_to_end(&mut text)
+        .context("not a gzip file")?;
+    let mut rows = Vec::new();
+    for (line, record) in csv_records(&text).into_iter().enumerate() {
+        let field = |i: Option<usize>| i.and_then(|i| record.get(i)).map_or("", String::as_str);
+        if field(latest) == "false" || field(deleted) == "true" {
+            continue;
+        }
+        let encoded = field(Some(key));
+        let key = decode_listed_key(encoded).with_context(|| {
+            format!(
+                "line {}: key {encoded:?} is not URL-encoded UTF-8",
+                line + 1
+            )
+        })?;
+        let size = match field(size) {
+            "" => 0,
+            s => s
+                .parse()
+                .with_context(|| format!("line {}: size {s:?}", line + 1))?,
+        };
+        rows.push(Row {
+            bucket: field(Some(bucket)).to_string(),
+            key,
+            size,
+            etag: field(etag).trim_matches('"').to_string(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The fields of every record of `text` (RFC 4180 quoting, as S3 Inventory writes it), by
+/// `csv-core`'s parser.
+fn csv_records(text: &[u8]) -> Vec<Vec<String>> {
+    use csv_core::ReadRecordResult;
+    let mut reader = csv_core::Reader::new();
+    let (mut input, mut records) = (text, Vec::new());
+    let (mut out, mut ends) = (vec![0u8; 4096], vec![0usize; 64]);
+    let (mut out_len, mut ends_len) = (0, 0);
+    loop {
+        let (result, read, written, ended) =
+            reader.read_record(input, &mut out[out_len..], &mut ends[ends_len..]);
+        input = &input[read..];
+        out_len += written;
+        ends_len += ended;
+        match result {
+            // The whole text was given: the next call, with no input, ends the last record.
+            ReadRecordResult::InputEmpty => {}
+            ReadRecordResult::OutputFull => out.resize(out.len() * 2, 0),
+            ReadRecordResult::OutputEndsFull => ends.resize(ends.len() * 2, 0),
+            ReadRecordResult::Record => {
+                let mut start = 0;
+                let fields = ends[..ends_len]
+                    .iter()
+                    .map(|&end| {
+                        let field = String::from_utf8_lossy(&out[start..end]).into_owned();
+                        start = end;
+                        field
+                    })
+                    .collect();
+                records.push(fields);
+                (out_len, ends_len) = (0, 0);
+            }
+            ReadRecordResult::End => return records,
+        }
+    }
+}
+
+/// The rows of a Parquet inventory file.
+fn parquet_rows(bytes: Bytes) -> anyhow::Result<Vec<Row>> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let text = |name: &str| -> anyhow::Result<Option<&StringArray>> { column(&batch, name) };
+        let (Some(bucket), Some(key)) = (text("bucket")?, text("key")?) else {
+            bail!("no bucket and key columns");
+        };
+        let etag = text("e_tag")?;
+        let size = column::<Int64Array>(&batch, "size")?;
+        let latest = column::<BooleanArray>(&batch, "is_latest")?;
+        let deleted = column::<BooleanArray>(&batch, "is_delete_marker")?;
+        for i in 0..batch.num_rows() {
+            let flag = |a: Option<&BooleanArray>| a.filter(|a| a.is_valid(i)).map(|a| a.value(i));
+            if flag(latest) == Some(false) || flag(deleted) == Some(true) {
+                continue;
+            }
+            rows.push(Row {
+                bucket: bucket.value(i).to_string(),
+                key: key.value(i).to_string(),
+                size: size
+                    .filter(|s| s.is_valid(i))
+                    .map_or(0, |s| s.value(i).max(0) as u64),
+                etag: etag
+                    .filter(|e| e.is_valid(i))
+                    .map_or("", |e| e.value(i))
+                    .trim_matches('"')
+                    .to_string(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The column `name` of `batch` as `A`, if the file has it.
+fn column<'b, A: Array + 'static>(
+    batch: &'b RecordBatch,
+    name: &str,
+) -> anyhow::Result<Option<&'b A>> {
+    let Some(array) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    array
+        .as_any()
+        .downcast_ref::<A>()
+        .map(Some)
+        .with_context(|| format!("column {name} has type {}", array.data_type()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_csv_records() {
+        let text = b"\"b\",\"a%2Cb+c.jpg\",\"12\",\"\"\"e\"\"\"\n\"b\",\"last\",\"\",\"\"";
+        let records = csv_records(text);
+        assert_eq!(records[0], ["b", "a%2Cb+c.jpg", "12", "\"e\""]);
+        assert_eq!(records[1], ["b", "last", "", ""]);
+        assert_eq!(records.len(), 2);
+        assert_eq!(csv_records(&[b'x'; 10_000])[0][0].len(), 10_000);
+    }
+
+    #[test]
+    fn destination_buckets_and_parents() {
+        assert_eq!(destination_bucket("arn:aws:s3:::inv").unwrap(), "inv");
+        assert_eq!(destination_bucket("arn:aws-cn:s3:::inv").unwrap(), "inv");
+        assert_eq!(destination_bucket("inv").unwrap(), "inv");
+        assert!(destination_bucket("arn:aws:s3:::").is_err());
+        assert_eq!(parent("a/b/manifest.json"), "a/b/");
+        assert_eq!(parent("manifest.json"), "");
+    }
+}
