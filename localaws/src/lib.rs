@@ -8,6 +8,8 @@
 //! - [`faults`]: a fault-injecting HTTP proxy in front of the emulator (throttling, unprocessed
 //!   batch items, 5xx, dropped connections, delays), with counters of what it injected.
 //! - [`iam`]: IAM enforced on the proxy's requests, as AWS would (the emulator enforces none).
+//! - [`inventory_report`]: S3 Inventory reports of an emulator bucket, laid out as AWS
+//!   writes them (the emulator makes none).
 //! - [`listing_server`]: S3's ListObjectsV2 alone over a generated bucket of any size, with
 //!   S3's latency per page (the submitter's listing at millions of objects).
 //! - [`python`], [`sample`], [`test_model`]: re-exported from `embatch-testkit` (no AWS).
@@ -21,6 +23,7 @@ pub mod emulator;
 pub mod faults;
 pub mod fixture;
 pub mod iam;
+pub mod inventory_report;
 pub mod listing_server;
 
 pub use embatch_testkit::{python, run_ok, sample, test_model};

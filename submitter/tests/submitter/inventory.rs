@@ -4,174 +4,31 @@
 
 use crate::common;
 
-use std::io::Write;
-use std::sync::Arc;
-
-use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use common::{Fixture, Output};
 use embatch_formats::manifest::parse_jsonl;
 use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
-use md5::{Digest, Md5};
-use serde_json::{json, Value};
+use embatch_localaws::inventory_report::{self, Format, Row};
+use serde_json::Value;
 
-/// Where the report goes, as AWS lays it out: `<dest-prefix>/<source-bucket>/<config-id>/`.
-const REPORT: &str = "inventories/src/daily";
-
-/// One object as the inventory describes it.
-struct Object {
-    key: String,
-    size: i64,
-    etag: String,
-    latest: bool,
-    delete_marker: bool,
-}
-
-/// The bucket's objects (by the SDK's paginator), plus rows a versioned bucket's inventory
-/// holds and a listing does not show: a noncurrent version and a delete marker.
-async fn inventory_objects(f: &Fixture) -> Vec<Object> {
-    let mut pages =
-        f.s3.list_objects_v2()
-            .bucket(&f.bucket)
-            .into_paginator()
-            .send();
-    let mut objects = Vec::new();
-    while let Some(page) = pages.next().await {
-        for o in page.unwrap().contents() {
-            objects.push(Object {
-                key: o.key().unwrap().to_string(),
-                size: o.size().unwrap(),
-                etag: o.e_tag().unwrap().to_string(),
-                latest: true,
-                delete_marker: false,
-            });
-        }
-    }
+/// Writes a report of the bucket, plus rows a versioned bucket's inventory holds and a
+/// listing does not show (a noncurrent version, a delete marker), under `folder`.
+async fn write_report(f: &Fixture, format: Format, folder: &str, corrupt: bool) -> S3Uri {
+    let mut rows = inventory_report::current_objects(&f.s3, &f.bucket).await;
     for (key, latest, delete_marker) in [
         ("photos/old.jpg", false, false),
         ("photos/gone.jpg", true, true),
     ] {
-        objects.push(Object {
+        rows.push(Row {
             key: key.into(),
             size: 10,
-            etag: "\"0\"".into(),
+            etag: "0".into(),
             latest,
             delete_marker,
         });
     }
-    objects
-}
-
-/// A gzip CSV inventory file: every field quoted, keys URL-encoded.
-fn csv_file(bucket: &str, objects: &[Object]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    for o in objects {
-        let key: String = form_urlencoded::byte_serialize(o.key.as_bytes()).collect();
-        let size = if o.delete_marker {
-            String::new()
-        } else {
-            o.size.to_string()
-        };
-        let etag = o.etag.trim_matches('"');
-        writeln!(
-            gz,
-            "\"{bucket}\",\"{key}\",\"v1\",\"{}\",\"{}\",\"{size}\",\"2026-12-01T00:00:00.000Z\",\"{etag}\",\"STANDARD\"",
-            o.latest, o.delete_marker
-        )
-        .unwrap();
-    }
-    gz.finish().unwrap()
-}
-
-/// A Parquet inventory file: keys as they are.
-fn parquet_file(bucket: &str, objects: &[Object]) -> Vec<u8> {
-    let text = |f: &dyn Fn(&Object) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(objects.iter().map(f)))
-    };
-    let batch = RecordBatch::try_from_iter([
-        ("bucket", text(&|_| bucket.to_string())),
-        ("key", text(&|o| o.key.clone())),
-        (
-            "size",
-            Arc::new(Int64Array::from_iter_values(objects.iter().map(|o| o.size))) as ArrayRef,
-        ),
-        ("e_tag", text(&|o| o.etag.trim_matches('"').to_string())),
-        (
-            "is_latest",
-            Arc::new(BooleanArray::from_iter(
-                objects.iter().map(|o| Some(o.latest)),
-            )),
-        ),
-        (
-            "is_delete_marker",
-            Arc::new(BooleanArray::from_iter(
-                objects.iter().map(|o| Some(o.delete_marker)),
-            )),
-        ),
-    ])
-    .unwrap();
-    let mut out = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
-    out
-}
-
-fn md5_hex(bytes: &[u8]) -> String {
-    hex::encode(Md5::digest(bytes))
-}
-
-/// Writes the report (two data files, `manifest.json`, `manifest.checksum`) and returns the
-/// manifest's URI. `corrupt` gives the second file a wrong MD5 in the manifest.
-async fn write_report(f: &Fixture, format: &str, corrupt: bool) -> S3Uri {
-    let objects = inventory_objects(f).await;
-    let (first, second) = objects.split_at(objects.len() / 2);
-    let mut files = Vec::new();
-    for (i, part) in [first, second].into_iter().enumerate() {
-        let (bytes, ext) = match format {
-            "CSV" => (csv_file(&f.bucket, part), "csv.gz"),
-            _ => (parquet_file(&f.bucket, part), "parquet"),
-        };
-        let key = format!("{REPORT}/data/{format}-{i}.{ext}");
-        let md5 = if corrupt && i == 1 {
-            "0".repeat(32)
-        } else {
-            md5_hex(&bytes)
-        };
-        files.push(json!({"key": key, "size": bytes.len(), "MD5checksum": md5}));
-        f.put(&f.bucket, &key, bytes).await;
-    }
-    let schema = match format {
-        "CSV" => "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, LastModifiedDate, ETag, StorageClass".to_string(),
-        _ => "message s3.inventory { required binary bucket (UTF8); required binary key (UTF8); optional int64 size; optional binary e_tag (UTF8); optional boolean is_latest; optional boolean is_delete_marker; }".to_string(),
-    };
-    let manifest = json!({
-        "sourceBucket": f.bucket,
-        "destinationBucket": format!("arn:aws:s3:::{}", f.bucket),
-        "version": "2016-11-30",
-        "creationTimestamp": "1764547200000",
-        "fileFormat": format,
-        "fileSchema": schema,
-        "files": files,
-    })
-    .to_string();
-    let folder = format!(
-        "{REPORT}/2026-12-01T00-00Z-{format}{}",
-        if corrupt { "-bad" } else { "" }
-    );
-    f.put(
-        &f.bucket,
-        &format!("{folder}/manifest.checksum"),
-        md5_hex(manifest.as_bytes()).into_bytes(),
-    )
-    .await;
-    f.put(
-        &f.bucket,
-        &format!("{folder}/manifest.json"),
-        manifest.into_bytes(),
-    )
-    .await;
-    S3Uri::new(&f.bucket, format!("{folder}/manifest.json"))
+    let folder = S3Uri::new(&f.bucket, format!("inventories/{}/{folder}/", f.bucket));
+    inventory_report::write(&f.s3, &f.bucket, &rows, format, &folder, corrupt).await
 }
 
 async fn submit(f: &Fixture, extra: &[String]) -> Output {
@@ -225,10 +82,10 @@ async fn an_inventory_gives_the_listings_counts_and_manifests_and_a_bad_checksum
     let listed = listed.json();
     let want = manifest_lines(&f, &listed).await;
     assert_eq!(want.len(), 23);
-    for format in ["CSV", "Parquet"] {
-        let manifest = write_report(&f, format, false).await;
+    for format in [Format::Csv, Format::Parquet] {
+        let manifest = write_report(&f, format, "daily", false).await;
         let out = submit(&f, &["--inventory".into(), manifest.to_string()]).await;
-        assert_eq!(out.code, 0, "{format}: {}", out.stderr);
+        assert_eq!(out.code, 0, "{format:?}: {}", out.stderr);
         let summary = out.json();
         for count in [
             "objects",
@@ -240,26 +97,27 @@ async fn an_inventory_gives_the_listings_counts_and_manifests_and_a_bad_checksum
         ] {
             assert_eq!(
                 summary["listing"][count], listed["listing"][count],
-                "{format} {count}"
+                "{format:?} {count}"
             );
         }
         assert_eq!(summary["listing"]["inventory_files"], 2);
-        assert_eq!(summary["listing"]["pages"], 0, "{format}: listed instead");
-        assert_eq!(manifest_lines(&f, &summary).await, want, "{format}");
+        assert_eq!(summary["listing"]["pages"], 0, "{format:?}: listed instead");
+        assert_eq!(manifest_lines(&f, &summary).await, want, "{format:?}");
 
-        let bad = write_report(&f, format, true).await;
+        let bad = write_report(&f, format, "bad", true).await;
         let jobs = f.jobs_in_queue().await;
         let out = submit(&f, &["--inventory".into(), bad.to_string()]).await;
-        assert_eq!(out.code, 2, "{format}: {}", out.stderr);
+        assert_eq!(out.code, 2, "{format:?}: {}", out.stderr);
+        let named = format!("bad/data/{}-1.", format.name());
         assert!(
-            out.stderr.contains(&format!("{format}-1.")) && out.stderr.contains("MD5"),
+            out.stderr.contains(&named) && out.stderr.contains("MD5"),
             "{}",
             out.stderr
         );
         assert_eq!(
             f.jobs_in_queue().await,
             jobs,
-            "{format}: submitted despite a bad checksum"
+            "{format:?}: submitted despite a bad checksum"
         );
     }
 }
