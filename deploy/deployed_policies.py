@@ -6,7 +6,7 @@ the deployment's outputs and the IAM policies of its three principals, as deploy
 
 - cloudformation: the stack of deploy/cloudformation/embatch.yaml, created as deploy/test-stack
   creates it (emulated_stack.create_network + create_stack, default parameters but the network
-  and VectorBucketName),
+  VectorBucketName and InventoryLocation),
   and its policies read back through the IAM API.
 - terraform: deploy/terraform/modules/embatch applied against the emulator (provider endpoints
   overridden, offline provider mirror), and its policies from `terraform show -json`.
@@ -32,6 +32,8 @@ PREFIXES = ["images/", "more/images/"]
 # The S3 Vectors bucket the reader is granted (the flows create it: neither the emulator's
 # CloudFormation nor the Terraform provider can).
 VECTOR_BUCKET = "embatch-test-vector-index"
+# Where the submitter may read S3 Inventory reports (the flows create the bucket and a report).
+INVENTORY_LOCATION = "embatch-test-inventory/reports/"
 TF_PLUGIN_DIR = os.environ.get("TF_PLUGIN_DIR", "/opt/tf-plugins")
 
 
@@ -75,7 +77,7 @@ def cloudformation(url: str) -> dict:
     # create_stack prints its checks; keep stdout for the JSON.
     sys.stdout, real = sys.stderr, sys.stdout
     try:
-        out = create_stack(c, subnet, sg, role, ",".join(PREFIXES), {"VectorBucketName": VECTOR_BUCKET})
+        out = create_stack(c, subnet, sg, role, ",".join(PREFIXES), {"VectorBucketName": VECTOR_BUCKET, "InventoryLocation": INVENTORY_LOCATION})
     finally:
         sys.stdout = real
     iam = c["iam"]
@@ -86,6 +88,7 @@ def cloudformation(url: str) -> dict:
             "run_root": out["RunRoot"],
             "export_root": out["ExportRoot"],
             "vector_bucket": out["VectorBucketName"],
+            "inventory_root": f"s3://{INVENTORY_LOCATION}",
             "table": out["TableName"],
             "job_queue": out["JobQueueArn"],
             "job_definition": out["JobDefinitionName"],
@@ -93,7 +96,7 @@ def cloudformation(url: str) -> dict:
             "job_role_arn": out["JobRoleArn"],
         },
         "principals": {
-            "submitter": [managed(iam, out["SubmitterPolicyArn"])],
+            "submitter": [managed(iam, out["SubmitterPolicyArn"]), managed(iam, out["InventoryPolicyArn"])],
             "worker": role_policies(iam, out["JobRoleArn"]),
             "reader": [managed(iam, out["ReaderPolicyArn"]), managed(iam, out["VectorIndexPolicyArn"])],
         },
@@ -147,14 +150,15 @@ module "embatch" {{
   batch_service_role_arn = aws_iam_role.service.arn
   image_prefixes         = {prefixes}
   vector_bucket_name     = "{vector_bucket}"
+  inventory_location     = "{inventory}"
 }}
 output "embatch" {{ value = module.embatch }}
 """
 
 # What the flows need; the bucket's lifecycle rules (a minute of polling against the emulator)
 # and the instance role's AWS-managed policy (absent from the emulator) are not among them.
-TF_TARGETS = ["aws_iam_policy.submitter", "aws_iam_policy.reader", "aws_iam_policy.vector_index",
-              "aws_iam_role_policy.job",
+TF_TARGETS = ["aws_iam_policy.submitter", "aws_iam_policy.inventory", "aws_iam_policy.reader",
+              "aws_iam_policy.vector_index", "aws_iam_role_policy.job",
               "aws_batch_job_definition.worker", "aws_s3_bucket_policy.images"]
 
 
@@ -163,7 +167,8 @@ def terraform(url: str) -> dict:
     (ROOT / "target").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "target", prefix="iam-terraform-") as work:
         Path(work, "main.tf").write_text(ROOT_MODULE.format(url=url, module=module, prefixes=json.dumps(PREFIXES),
-                                                              vector_bucket=VECTOR_BUCKET))
+                                                              vector_bucket=VECTOR_BUCKET,
+                                                              inventory=INVENTORY_LOCATION))
         env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull}
 
         def tf(*args: str) -> str:
@@ -204,6 +209,7 @@ def terraform(url: str) -> dict:
             "run_root": f"s3://{bucket}/embatch-runs/",
             "export_root": f"s3://{bucket}/embatch-exports/",
             "vector_bucket": VECTOR_BUCKET,
+            "inventory_root": f"s3://{INVENTORY_LOCATION}",
             "table": value("aws_dynamodb_table.vectors", "name"),
             "job_queue": value("aws_batch_job_queue.this", "arn"),
             "job_definition": value("aws_batch_job_definition.worker", "name"),
@@ -211,7 +217,8 @@ def terraform(url: str) -> dict:
             "job_role_arn": value("aws_iam_role.job", "arn"),
         },
         "principals": {
-            "submitter": [policy("module.embatch.aws_iam_policy.submitter", "submitter")],
+            "submitter": [policy("module.embatch.aws_iam_policy.submitter", "submitter"),
+                          policy("module.embatch.aws_iam_policy.inventory[0]", "inventory")],
             "worker": [policy("module.embatch.aws_iam_role_policy.job", "embatch-worker")],
             "reader": [policy("module.embatch.aws_iam_policy.reader", "reader"),
                        policy("module.embatch.aws_iam_policy.vector_index[0]", "vector-index")],

@@ -4,8 +4,8 @@
 //!
 //! The report is read as AWS documents it: `manifest.json` (`sourceBucket`,
 //! `destinationBucket`, `fileFormat`, `fileSchema`, and `files`, each with its `key` in the
-//! destination bucket and its `MD5checksum`), verified against `manifest.checksum` when that
-//! is there; each file's MD5 is checked before it is read. CSV files are gzip, no header,
+//! destination bucket and its `MD5checksum`), verified against `manifest.checksum` beside it;
+//! each file's MD5 is checked before it is read. CSV files are gzip, no header,
 //! fields quoted, in `fileSchema`'s order, keys URL-encoded; Parquet files have the columns
 //! `bucket`, `key`, `size`, `e_tag`, … with keys as they are. Rows of noncurrent versions and
 //! delete markers are left out (a listing shows neither). The objects under the run's paths
@@ -108,7 +108,7 @@ pub async fn list_inventory(
     Ok(keep_images(per_root, stats, filter))
 }
 
-/// `manifest.json`, checked against `manifest.checksum` beside it when there is one.
+/// `manifest.json`, checked against `manifest.checksum` beside it.
 async fn read_manifest(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<Manifest> {
     let bytes = get_if_exists(s3, uri)
         .await?
@@ -117,17 +117,22 @@ async fn read_manifest(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> anyhow::Result<M
         &uri.bucket,
         format!("{}manifest.checksum", parent(&uri.key)),
     );
-    if let Some(checksum) = get_if_exists(s3, &checksum_uri).await? {
-        let expected = String::from_utf8_lossy(&checksum)
-            .trim()
-            .to_ascii_lowercase();
-        let actual = md5_hex(&bytes);
-        if expected != actual {
-            return Err(InputError(format!(
-                "inventory manifest {uri} has MD5 {actual}, but {checksum_uri} says {expected}: refusing it"
-            ))
-            .into());
-        }
+    // AWS writes it with every report; reading it needs only s3:GetObject on the report's
+    // prefix (no s3:ListBucket to tell a missing object from a denied one).
+    let checksum = get_if_exists(s3, &checksum_uri).await?.ok_or_else(|| {
+        InputError(format!(
+            "no {checksum_uri} beside the inventory manifest {uri} (S3 Inventory writes one with every report)"
+        ))
+    })?;
+    let expected = String::from_utf8_lossy(&checksum)
+        .trim()
+        .to_ascii_lowercase();
+    let actual = md5_hex(&bytes);
+    if expected != actual {
+        return Err(InputError(format!(
+            "inventory manifest {uri} has MD5 {actual}, but {checksum_uri} says {expected}: refusing it"
+        ))
+        .into());
     }
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| InputError(format!("{uri} is not an S3 Inventory manifest.json: {e}")))?;

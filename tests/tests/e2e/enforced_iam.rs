@@ -21,6 +21,7 @@ use embatch_localaws::batch::Player;
 use embatch_localaws::faults::{FaultPlan, FaultProxy};
 use embatch_localaws::fixture::put_bytes;
 use embatch_localaws::iam::{self, Decision, Iam, NamedPolicy, Principal};
+use embatch_localaws::inventory_report::{self, Format};
 use embatch_localaws::{bins, python, sample, test_model, Emulator};
 use serde::Deserialize;
 
@@ -39,6 +40,7 @@ struct Outputs {
     run_root: String,
     export_root: String,
     vector_bucket: String,
+    inventory_root: String,
     table: String,
     job_queue: String,
     job_definition: String,
@@ -65,6 +67,61 @@ impl Outputs {
             spec,
         ]
     }
+}
+
+/// The same submission from an S3 Inventory report of the bucket under the stack's inventory
+/// location (a dry run: the flow is reading the report), as the submitter.
+async fn submit_from_an_inventory(
+    emulator: &Emulator,
+    o: &Outputs,
+    submitter: &[(String, String)],
+    listed_args: &[&str],
+    images: usize,
+) {
+    let admin = embatch_aws::client::s3(&emulator.sdk_config().await);
+    let folder = S3Uri::parse(&format!("{}{}/daily/", o.inventory_root, o.bucket)).unwrap();
+    admin
+        .create_bucket()
+        .bucket(&folder.bucket)
+        .send()
+        .await
+        .unwrap();
+    let rows = inventory_report::current_objects(&admin, &o.bucket).await;
+    let manifest =
+        inventory_report::write(&admin, &o.bucket, &rows, Format::Csv, &folder, false).await;
+    let manifest = manifest.to_string();
+    let mut args = listed_args.to_vec();
+    args.extend(["--dry-run", "--inventory", &manifest]);
+    let out = run("embatch", &args, submitter).await;
+    assert_eq!(out.code, 0, "embatch submit --inventory: {}", out.stderr);
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(summary["images"], images, "{}", out.stdout);
+    assert_eq!(summary["listing"]["inventory_files"], 2);
+}
+
+/// A report outside the stack's inventory location is not the submitter's to read.
+async fn inventory_outside_the_location(
+    emulator: &Emulator,
+    o: &Outputs,
+    submitter: &[(String, String)],
+) {
+    let admin = embatch_aws::client::s3(&emulator.sdk_config().await);
+    let inventory = S3Uri::parse(&o.inventory_root).unwrap();
+    let elsewhere = S3Uri::new(&inventory.bucket, "elsewhere/");
+    let rows = inventory_report::current_objects(&admin, &o.bucket).await;
+    let manifest =
+        inventory_report::write(&admin, &o.bucket, &rows, Format::Csv, &elsewhere, false).await;
+    let manifest = manifest.to_string();
+    let spec = test_model::resnet18_spec().unwrap();
+    let mut args = o.submit_args(spec.to_str().unwrap());
+    args.extend(["--dry-run", "--inventory", &manifest, &o.image_prefixes[0]]);
+    let out = run("embatch", &args, submitter).await;
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&manifest) && out.stderr.contains("AccessDenied"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Deploys `variant` (`cloudformation` or `terraform`) into the emulator.
@@ -210,6 +267,7 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
     let images = samples.len() + 2;
     assert_eq!(summary["images"], images);
     let run_id = summary["run_id"].as_str().unwrap().to_string();
+    submit_from_an_inventory(emulator, o, &submitter, &args, images).await;
     let job_ids: Vec<String> = summary["jobs"]
         .as_array()
         .unwrap()
@@ -461,6 +519,7 @@ async fn refusals(emulator: &Emulator, deployment: &Deployment) {
         enforcement.clone(),
     )
     .unwrap();
+    inventory_outside_the_location(emulator, o, &env_as(&proxy, "submitter")).await;
     let readable = format!("s3://{}/{}", o.bucket, o.image_prefixes[0]);
     let outside = run(
         "embatch",

@@ -563,6 +563,26 @@ resource "aws_iam_policy" "reader" {
   tags        = var.tags
 }
 
+# Reading the S3 Inventory reports under var.inventory_location (embatch submit --inventory),
+# beside the submitter policy: manifest.json, manifest.checksum and the data files, one
+# GetObject each; no s3:ListBucket (the submitter requires manifest.checksum).
+data "aws_iam_policy_document" "inventory" {
+  count = var.inventory_location == "" ? 0 : 1
+  statement {
+    sid       = "ReadInventoryReports"
+    actions   = ["s3:GetObject"]
+    resources = ["arn:${local.partition}:s3:::${var.inventory_location}*"]
+  }
+}
+
+resource "aws_iam_policy" "inventory" {
+  count       = var.inventory_location == "" ? 0 : 1
+  name        = "${var.name_prefix}-${local.region}-inventory"
+  description = "Read the S3 Inventory reports under ${var.inventory_location} (embatch submit --inventory), beside the submitter policy."
+  policy      = data.aws_iam_policy_document.inventory[0].json
+  tags        = var.tags
+}
+
 # Loading the indexes of var.vector_bucket_name (embatch-vectors index), beside the reader
 # policy: the index's dimension, which keys it holds already (and from which model and object),
 # the vectors it lacks, and the index itself (--create: the provider cannot create it).

@@ -88,3 +88,8 @@ output "reader_policy_arn" {
   description = "Managed policy for consumers of the vectors."
   value       = aws_iam_policy.reader.arn
 }
+
+output "inventory_policy_arn" {
+  description = "Managed policy for submitters that read S3 Inventory reports (beside submitter_policy_arn); null without inventory_location."
+  value       = one(aws_iam_policy.inventory[*].arn)
+}

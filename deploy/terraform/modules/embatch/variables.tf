@@ -38,6 +38,16 @@ variable "export_prefix" {
   }
 }
 
+variable "inventory_location" {
+  description = "Where the S3 Inventory reports of the image bucket are delivered, as bucket/prefix/ (embatch submit --inventory s3://<bucket>/<prefix>.../manifest.json). Empty, the default, creates no inventory policy."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^$|^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/([A-Za-z0-9!_.*'()-]+/)*$", var.inventory_location))
+    error_message = "inventory_location must be empty or bucket/prefix/ (ending with a slash)."
+  }
+}
+
 variable "vector_bucket_name" {
   description = "An Amazon S3 Vectors bucket whose indexes readers may load (embatch-vectors index --vector-bucket; --create makes the index). Empty, the default, grants no S3 Vectors access. The AWS provider (5.100) has no S3 Vectors resources: create the bucket with `aws s3vectors create-vector-bucket`."
   type        = string
