@@ -16,6 +16,7 @@
 //! [`status`] follows a submitted run.
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
+pub mod cost;
 pub mod event;
 pub mod inventory;
 pub mod key_ranges;
@@ -36,6 +37,7 @@ use embatch_formats::run::{
 use embatch_formats::s3uri::S3Uri;
 use embatch_records::reader::TableReader;
 
+use crate::cost::{CostEstimate, CostInputs};
 use crate::event::PathsEvent;
 use crate::listing::{ExtensionFilter, ListOptions, ListingStats};
 use crate::plan::JobSpec;
@@ -87,6 +89,8 @@ pub struct SubmitOptions {
     pub inventory: Option<S3Uri>,
     /// vCPU-seconds per image for the estimate.
     pub seconds_per_image: f64,
+    /// Dollars per vCPU-hour for the estimate.
+    pub spot_price_per_vcpu_hour: f64,
     /// The prefixes the job role can read; when given, a path outside them is refused.
     pub readable_prefixes: Option<Vec<S3Uri>>,
     /// Plan only: list and count, write and submit nothing.
@@ -118,6 +122,8 @@ pub struct SubmitSummary {
     pub estimated_vcpu_hours: f64,
     /// The per-image cost the estimate used.
     pub seconds_per_image: f64,
+    /// What the run will cost in compute, DynamoDB and S3 ([`cost`]).
+    pub cost: CostEstimate,
 }
 
 /// The AWS clients the submitter uses.
@@ -189,6 +195,18 @@ pub async fn submit(
     let chunks: Vec<&[ManifestLine]> = lines.chunks(options.images_per_job).collect();
     let specs = plan::split_jobs(chunks.len(), options.max_array_size);
 
+    let cost = cost::estimate(&CostInputs {
+        images: lines.len() as u64,
+        manifests: chunks.len() as u64,
+        list_pages: listing.stats.pages,
+        // The model's when its spec can be read here, else ResNet18's.
+        dimension: model_check::run_model(&options.model_spec)
+            .ok()
+            .flatten()
+            .map_or(512, |spec| spec.dimension),
+        seconds_per_image: options.seconds_per_image,
+        spot_price_per_vcpu_hour: options.spot_price_per_vcpu_hour,
+    });
     let run_id = new_run_id();
     let layout = RunLayout::new(&runs, &run_id);
     let mut summary = SubmitSummary {
@@ -200,12 +218,10 @@ pub async fn submit(
         images: lines.len() as u64,
         manifests: chunks.len(),
         jobs: Vec::new(),
-        listing: listing.stats,
-        estimated_vcpu_hours: plan::estimate_vcpu_hours(
-            lines.len() as u64,
-            options.seconds_per_image,
-        ),
+        estimated_vcpu_hours: cost.vcpu_hours,
         seconds_per_image: options.seconds_per_image,
+        cost,
+        listing: listing.stats,
     };
     if options.dry_run {
         summary.jobs = planned_jobs(&run_id, &specs);

@@ -101,6 +101,9 @@ struct SubmitArgs {
     /// decode cost of a large JPEG on one core).
     #[arg(long, default_value_t = embatch_submitter::DEFAULT_SECONDS_PER_IMAGE)]
     seconds_per_image: f64,
+    /// Dollars per vCPU-hour for the cost estimate (Spot; check your region and instances).
+    #[arg(long, default_value_t = embatch_submitter::cost::DEFAULT_SPOT_PRICE_PER_VCPU_HOUR)]
+    spot_price: f64,
     /// The S3 prefixes the job role can read, comma-separated s3:// URIs (from the stack:
     /// s3://BucketName/ImagePrefix for each of ImagePrefixes). A path outside them is refused
     /// before anything is written.
@@ -202,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 inventory: args.inventory,
                 seconds_per_image: args.seconds_per_image,
+                spot_price_per_vcpu_hour: args.spot_price,
                 readable_prefixes: args.readable_prefixes,
                 dry_run: args.dry_run,
             };

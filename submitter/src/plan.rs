@@ -111,11 +111,6 @@ pub fn split_jobs(manifests: usize, max_array: usize) -> Vec<JobSpec> {
         .collect()
 }
 
-/// Estimated vCPU-hours to embed `images` at `seconds_per_image` vCPU-seconds each.
-pub fn estimate_vcpu_hours(images: u64, seconds_per_image: f64) -> f64 {
-    images as f64 * seconds_per_image / 3600.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,10 +191,5 @@ mod tests {
         assert!(assign_image_ids(two(), ImageIdMode::Key).is_err());
         let lines = assign_image_ids(two(), ImageIdMode::Uri).unwrap();
         assert_eq!(lines[1].image_id, "s3://b2/x.jpg");
-    }
-
-    #[test]
-    fn estimate_is_linear() {
-        assert!((estimate_vcpu_hours(3600, 0.5) - 0.5).abs() < 1e-12);
     }
 }

@@ -266,6 +266,13 @@ async fn dry_run_pages_through_more_than_1000_keys_and_writes_nothing() {
     assert_eq!(summary["jobs"][0]["array_size"], 2);
     let hours = summary["estimated_vcpu_hours"].as_f64().unwrap();
     assert!((hours - 1500.0 * 0.5 / 3600.0).abs() < 1e-9, "{hours}");
+    // The cost of the plan: 512-float items of 3 write units each; 1,500 image GETs and 2
+    // manifest GETs, 2 manifests and 4 reports put, 2 pages listed.
+    let cost = &summary["cost"];
+    assert_eq!(cost["vcpu_hours"], summary["estimated_vcpu_hours"]);
+    assert_eq!(cost["dynamodb_write_units"], 4500);
+    assert_eq!(cost["s3_requests"], 1500 + 2 + 6 + 2);
+    assert!(cost["run_usd"].as_f64().unwrap() > cost["dynamodb_write_usd"].as_f64().unwrap());
 
     assert!(
         f.keys(&f.bucket, RUNS).await.is_empty(),
