@@ -9,7 +9,7 @@
 //! fields quoted, in `fileSchema`'s order, keys URL-encoded; Parquet files have the columns
 //! `bucket`, `key`, `size`, `e_tag`, … with keys as they are. Rows of noncurrent versions and
 //! delete markers are left out (a listing shows neither). The objects under the run's paths
-//! then go through the same filters and counts as a listing's ([`crate::listing`]).
+//! then go through the same filters and counts as a listing's ([`crate::plan::Planner`]).
 
 use std::io::Read;
 
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use embatch_aws::objects::get_if_exists;
 use embatch_formats::s3uri::{decode_listed_key, S3Uri};
 
-use crate::listing::{keep_images, ExtensionFilter, ListedImage, Listing, ListingStats};
+use crate::listing::{ListedImage, ListingStats};
 use crate::InputError;
 
 /// Inventory files read at once.
@@ -56,13 +56,15 @@ struct Row {
     etag: String,
 }
 
-/// The images under `roots` according to the inventory whose `manifest.json` is `manifest`.
-pub async fn list_inventory(
+/// Hands every current object of the inventory whose `manifest.json` is `manifest` that lies
+/// under one of `roots` to `sink`, with that root's index (once per root that holds it), and
+/// returns the counts (`inventory_files`).
+pub async fn read_inventory(
     s3: &aws_sdk_s3::Client,
     manifest: &S3Uri,
     roots: &[S3Uri],
-    filter: &ExtensionFilter,
-) -> anyhow::Result<Listing> {
+    sink: &mut dyn FnMut(usize, ListedImage) -> anyhow::Result<()>,
+) -> anyhow::Result<ListingStats> {
     let report = read_manifest(s3, manifest).await?;
     if let Some(root) = roots.iter().find(|r| r.bucket != report.source_bucket) {
         return Err(InputError(format!(
@@ -74,7 +76,8 @@ pub async fn list_inventory(
     let destination = destination_bucket(&report.destination_bucket)
         .with_context(|| format!("inventory manifest {manifest}"))?;
     let format = report.file_format.as_str();
-    let files: Vec<Vec<Row>> = futures::stream::iter(&report.files)
+    // A few files at once, each handed on as soon as it is read.
+    let mut files = futures::stream::iter(&report.files)
         .map(|file| {
             read_file(
                 s3,
@@ -84,28 +87,29 @@ pub async fn list_inventory(
                 &report,
             )
         })
-        .buffer_unordered(FILE_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let mut per_root: Vec<Vec<ListedImage>> = vec![Vec::new(); roots.len()];
-    for row in files.into_iter().flatten() {
-        for (i, root) in roots.iter().enumerate() {
-            if row.bucket == root.bucket && row.key.starts_with(&root.key) {
-                per_root[i].push(ListedImage {
-                    bucket: row.bucket.clone(),
-                    key: row.key.clone(),
-                    size: row.size,
-                    etag: row.etag.clone(),
-                });
+        .buffer_unordered(FILE_CONCURRENCY);
+    while let Some(rows) = files.try_next().await? {
+        for row in rows {
+            for (i, root) in roots.iter().enumerate() {
+                if row.bucket == root.bucket && row.key.starts_with(&root.key) {
+                    sink(
+                        i,
+                        ListedImage {
+                            bucket: row.bucket.clone(),
+                            key: row.key.clone(),
+                            size: row.size,
+                            etag: row.etag.clone(),
+                        },
+                    )?;
+                }
             }
         }
     }
-    let stats = ListingStats {
+    tracing::info!(%manifest, files = report.files.len(), "inventory read");
+    Ok(ListingStats {
         inventory_files: report.files.len() as u64,
         ..ListingStats::default()
-    };
-    tracing::info!(%manifest, files = report.files.len(), "inventory read");
-    Ok(keep_images(per_root, stats, filter))
+    })
 }
 
 /// `manifest.json`, checked against `manifest.checksum` beside it.

@@ -30,7 +30,6 @@ pub mod submission;
 use serde::Serialize;
 
 use embatch_formats::image_id::ImageIdMode;
-use embatch_formats::manifest::ManifestLine;
 use embatch_formats::run::{
     new_run_id, now_rfc3339, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE,
 };
@@ -40,7 +39,7 @@ use embatch_records::reader::TableReader;
 use crate::cost::{CostEstimate, CostInputs};
 use crate::event::PathsEvent;
 use crate::listing::{ExtensionFilter, ListOptions, ListingStats};
-use crate::plan::JobSpec;
+use crate::plan::{JobSpec, Planned, Planner};
 use crate::submission::JobTarget;
 
 /// Bad input from the user (event, flags, missing resources, colliding ImageIds): nothing
@@ -174,31 +173,13 @@ pub async fn submit(
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
     preflight(clients, &roots, &runs, options).await?;
 
-    let listing = match &options.inventory {
-        Some(manifest) => {
-            inventory::list_inventory(&clients.s3, manifest, &roots, &options.extensions).await?
-        }
-        None => {
-            listing::list_images(&clients.s3, &roots, &options.extensions, &options.listing).await?
-        }
-    };
-    tracing::info!(stats = ?listing.stats, "listing done");
-    if listing.images.is_empty() {
-        let paths: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
-        return Err(InputError(format!(
-            "no images under {paths:?} ({} objects listed: {} directory markers, {} not images, {} empty); nothing submitted",
-            listing.stats.objects, listing.stats.directory_markers, listing.stats.not_images, listing.stats.empty
-        ))
-        .into());
-    }
-    let lines = plan::assign_image_ids(listing.images, options.image_id)?;
-    let chunks: Vec<&[ManifestLine]> = lines.chunks(options.images_per_job).collect();
-    let specs = plan::split_jobs(chunks.len(), options.max_array_size);
+    let planned = plan_manifests(clients, &roots, options).await?;
+    let specs = plan::split_jobs(planned.manifests, options.max_array_size);
 
     let cost = cost::estimate(&CostInputs {
-        images: lines.len() as u64,
-        manifests: chunks.len() as u64,
-        list_pages: listing.stats.pages,
+        images: planned.stats.images,
+        manifests: planned.manifests as u64,
+        list_pages: planned.stats.pages,
         // The model's when its spec can be read here, else ResNet18's.
         dimension: model_check::run_model(&options.model_spec)
             .ok()
@@ -215,21 +196,21 @@ pub async fn submit(
         run_uri: layout.root.to_string(),
         manifest_prefix: layout.root.join("manifests/").to_string(),
         plan_uri: layout.plan().to_string(),
-        images: lines.len() as u64,
-        manifests: chunks.len(),
+        images: planned.stats.images,
+        manifests: planned.manifests,
         jobs: Vec::new(),
         estimated_vcpu_hours: cost.vcpu_hours,
         seconds_per_image: options.seconds_per_image,
         cost,
-        listing: listing.stats,
+        listing: planned.stats.clone(),
     };
     if options.dry_run {
         summary.jobs = planned_jobs(&run_id, &specs);
         return Ok(summary);
     }
 
-    tracing::info!(run_id = %run_id, manifests = chunks.len(), "writing manifests to {}", summary.manifest_prefix);
-    submission::write_manifests(&clients.s3, &layout, &chunks).await?;
+    tracing::info!(run_id = %run_id, manifests = planned.manifests, "writing manifests to {}", summary.manifest_prefix);
+    submission::write_manifests(&clients.s3, &layout, &planned).await?;
     let target = JobTarget {
         queue: &options.job_queue,
         job_definition: &options.job_definition,
@@ -251,6 +232,40 @@ pub async fn submit(
     submission::submit_jobs(clients, &target, &specs, &mut plan).await?;
     summary.jobs = plan.jobs;
     Ok(summary)
+}
+
+/// The listing (or the inventory) streamed into manifests in a local folder; an
+/// [`InputError`] when it finds no image or two images with one ImageId.
+async fn plan_manifests(
+    clients: &Clients,
+    roots: &[S3Uri],
+    options: &SubmitOptions,
+) -> anyhow::Result<Planned> {
+    let mut planner = Planner::new(
+        roots,
+        &options.extensions,
+        options.image_id,
+        options.images_per_job,
+    )?;
+    let mut sink = |root, object| planner.offer(root, object);
+    let requests = match &options.inventory {
+        Some(manifest) => {
+            inventory::read_inventory(&clients.s3, manifest, roots, &mut sink).await?
+        }
+        None => listing::list_roots(&clients.s3, roots, &options.listing, &mut sink).await?,
+    };
+    let planned = planner.finish(&requests)?;
+    let stats = &planned.stats;
+    tracing::info!(?stats, "listing done");
+    if stats.images == 0 {
+        let paths: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
+        return Err(InputError(format!(
+            "no images under {paths:?} ({} objects listed: {} directory markers, {} not images, {} empty); nothing submitted",
+            stats.objects, stats.directory_markers, stats.not_images, stats.empty
+        ))
+        .into());
+    }
+    Ok(planned)
 }
 
 impl SubmitOptions {

@@ -145,7 +145,12 @@ pub async fn list_images(
     filter: &ExtensionFilter,
     options: &ListOptions,
 ) -> anyhow::Result<Listing> {
-    let (per_root, stats) = list_roots(s3, roots, options).await?;
+    let mut per_root: Vec<Vec<ListedImage>> = vec![Vec::new(); roots.len()];
+    let stats = list_roots(s3, roots, options, &mut |root, object| {
+        per_root[root].push(object);
+        Ok(())
+    })
+    .await?;
     Ok(keep_images(per_root, stats, filter))
 }
 
@@ -189,17 +194,19 @@ struct Work {
     pages: u32,
 }
 
-/// Every object under each root (in no particular order), with `pages` and `ranges` counted.
+/// Hands every object under each root to `sink` with the root's index, page by page (in no
+/// particular order), and returns the counts of `pages` and `ranges`.
 ///
 /// Each root starts as one range. A range is listed page by page; when a page comes back
 /// truncated, the rest of the range is queued again, or, after `split_after_pages` pages
 /// and while requests are idle, split into ranges listed at once ([`key_ranges`]).
-async fn list_roots(
+pub(crate) async fn list_roots(
     s3: &aws_sdk_s3::Client,
     roots: &[S3Uri],
     options: &ListOptions,
-) -> anyhow::Result<(Vec<Vec<ListedImage>>, ListingStats)> {
-    let mut objects: Vec<Vec<ListedImage>> = vec![Vec::new(); roots.len()];
+    sink: &mut dyn FnMut(usize, ListedImage) -> anyhow::Result<()>,
+) -> anyhow::Result<ListingStats> {
+    let mut listed = vec![0u64; roots.len()];
     let mut siblings: Vec<Siblings> = roots.iter().map(|_| Siblings::default()).collect();
     let mut stats = ListingStats::default();
     let mut pending: VecDeque<Work> = (0..roots.len())
@@ -236,7 +243,8 @@ async fn list_roots(
                 break;
             }
             siblings[work.root].see(root, &object.key);
-            objects[work.root].push(object);
+            listed[work.root] += 1;
+            sink(work.root, object)?;
         }
         let Some(last) = sample.last().filter(|_| page.truncated && !beyond) else {
             continue; // the range is done
@@ -270,11 +278,11 @@ async fn list_roots(
             pages: rest.pages,
         }));
     }
-    for ((root, objects), siblings) in roots.iter().zip(&objects).zip(&siblings) {
-        tracing::info!(%root, objects = objects.len(), "listed");
+    for ((root, listed), siblings) in roots.iter().zip(&listed).zip(&siblings) {
+        tracing::info!(%root, objects = listed, "listed");
         siblings.warn(root);
     }
-    Ok((objects, stats))
+    Ok(stats)
 }
 
 /// One ListObjectsV2 page of a range.

@@ -1,14 +1,18 @@
 //! From listed images to manifests and jobs: ImageIds, chunking, and the split into array jobs
 //! within AWS Batch's limits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use serde::Serialize;
 
 use embatch_formats::image_id::ImageIdMode;
-use embatch_formats::manifest::ManifestLine;
+use embatch_formats::manifest::{parse_jsonl, ManifestLine};
+use embatch_formats::s3uri::S3Uri;
 
-use crate::listing::ListedImage;
+use crate::listing::{ExtensionFilter, ListedImage, ListingStats};
 use crate::InputError;
 
 /// The default number of images per manifest (the original sample's `image_batch_limit`).
@@ -17,18 +21,105 @@ pub const DEFAULT_IMAGES_PER_JOB: usize = 1000;
 /// How many colliding ImageIds an error message shows.
 const COLLISION_EXAMPLES: usize = 5;
 
-/// Gives every image its ImageId; two different objects with the same ImageId are an error
-/// (one vector would silently overwrite the other).
-pub fn assign_image_ids(
-    images: Vec<ListedImage>,
+/// Images streamed into manifests as the listing finds them: each object kept once (under the
+/// first path that holds it), filtered and counted as [`ListingStats`] says, given its ImageId,
+/// and appended to the manifest being filled; a full manifest is written to a local folder,
+/// so memory does not grow with the listing. Where two images could share an ImageId (`stem`
+/// mode; `key` mode over several buckets) each ImageId's 64-bit hash is kept (8 bytes an
+/// image) and [`Planner::finish`] refuses a collision, naming examples, before anything is
+/// written to S3.
+pub struct Planner {
+    roots: Vec<S3Uri>,
+    filter: ExtensionFilter,
     mode: ImageIdMode,
-) -> Result<Vec<ManifestLine>, InputError> {
-    let mut first: HashMap<String, usize> = HashMap::with_capacity(images.len());
-    let mut collisions: Vec<(String, String, String)> = Vec::new();
-    let mut collision_count = 0usize;
-    let mut lines = Vec::with_capacity(images.len());
-    for image in images {
-        let image_id = mode.image_id(&image.bucket, &image.key);
+    images_per_job: usize,
+    dir: tempfile::TempDir,
+    current: Vec<u8>,
+    current_lines: usize,
+    manifests: usize,
+    stats: ListingStats,
+    hashes: Option<Vec<u64>>,
+}
+
+/// The manifests of a plan, in a local folder until they are uploaded.
+#[derive(Debug)]
+pub struct Planned {
+    dir: tempfile::TempDir,
+    /// How many manifests.
+    pub manifests: usize,
+    /// What the listing saw and kept.
+    pub stats: ListingStats,
+}
+
+impl Planned {
+    /// Manifest `n`'s JSON Lines.
+    pub fn manifest(&self, n: usize) -> std::io::Result<Vec<u8>> {
+        std::fs::read(manifest_path(self.dir.path(), n))
+    }
+}
+
+fn manifest_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("{n}.jsonl"))
+}
+
+impl Planner {
+    /// A plan of the objects under `roots`, `images_per_job` images a manifest.
+    pub fn new(
+        roots: &[S3Uri],
+        filter: &ExtensionFilter,
+        mode: ImageIdMode,
+        images_per_job: usize,
+    ) -> anyhow::Result<Planner> {
+        let buckets: HashSet<&str> = roots.iter().map(|r| r.bucket.as_str()).collect();
+        let may_collide =
+            mode == ImageIdMode::Stem || (mode == ImageIdMode::Key && buckets.len() > 1);
+        let dir = tempfile::Builder::new()
+            .prefix("embatch-plan-")
+            .tempdir()
+            .context("making a local folder for the manifests")?;
+        Ok(Planner {
+            roots: roots.to_vec(),
+            filter: filter.clone(),
+            mode,
+            images_per_job: images_per_job.max(1),
+            dir,
+            current: Vec::new(),
+            current_lines: 0,
+            manifests: 0,
+            stats: ListingStats::default(),
+            hashes: may_collide.then(Vec::new),
+        })
+    }
+
+    /// Takes one object listed under `roots[root]`.
+    pub fn offer(&mut self, root: usize, object: ListedImage) -> anyhow::Result<()> {
+        let owner = self
+            .roots
+            .iter()
+            .position(|r| r.bucket == object.bucket && object.key.starts_with(&r.key));
+        if owner != Some(root) {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        self.stats.objects += 1;
+        if object.key.ends_with('/') {
+            self.stats.directory_markers += 1;
+        } else if !self.filter.matches(&object.key) {
+            self.stats.not_images += 1;
+        } else if object.size == 0 {
+            self.stats.empty += 1;
+        } else {
+            self.stats.images += 1;
+            self.push(object)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, image: ListedImage) -> anyhow::Result<()> {
+        let image_id = self.mode.image_id(&image.bucket, &image.key);
+        if let Some(hashes) = &mut self.hashes {
+            hashes.push(hash(&image_id));
+        }
         let line = ManifestLine {
             bucket: image.bucket,
             key: image.key,
@@ -36,31 +127,99 @@ pub fn assign_image_ids(
             etag: image.etag,
             image_id,
         };
-        if let Some(&i) = first.get(&line.image_id) {
-            collision_count += 1;
-            if collisions.len() < COLLISION_EXAMPLES {
-                let other: &ManifestLine = &lines[i];
-                collisions.push((line.image_id.clone(), other.uri(), line.uri()));
-            }
-            continue;
+        serde_json::to_writer(&mut self.current, &line).expect("a ManifestLine always serialises");
+        self.current.push(b'\n');
+        self.current_lines += 1;
+        if self.current_lines == self.images_per_job {
+            self.flush()?;
         }
-        first.insert(line.image_id.clone(), lines.len());
-        lines.push(line);
+        Ok(())
     }
-    if collision_count > 0 {
-        let examples: Vec<String> = collisions
-            .iter()
-            .map(|(id, a, b)| format!("  ImageId {id:?}: {a} and {b}"))
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if self.current_lines == 0 {
+            return Ok(());
+        }
+        let path = manifest_path(self.dir.path(), self.manifests);
+        std::fs::write(&path, &self.current)
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.manifests += 1;
+        self.current.clear();
+        self.current_lines = 0;
+        Ok(())
+    }
+
+    /// The finished plan, `listing`'s request counts added to its stats; an [`InputError`]
+    /// if two images share an ImageId.
+    pub fn finish(mut self, listing: &ListingStats) -> anyhow::Result<Planned> {
+        self.flush()?;
+        self.stats.pages = listing.pages;
+        self.stats.ranges = listing.ranges;
+        self.stats.inventory_files = listing.inventory_files;
+        if let Some(mut hashes) = self.hashes.take() {
+            hashes.sort_unstable();
+            let repeated: HashSet<u64> = hashes
+                .windows(2)
+                .filter(|w| w[0] == w[1])
+                .map(|w| w[0])
+                .collect();
+            drop(hashes);
+            if !repeated.is_empty() {
+                self.refuse_collisions(&repeated)?;
+            }
+        }
+        Ok(Planned {
+            dir: self.dir,
+            manifests: self.manifests,
+            stats: self.stats,
+        })
+    }
+
+    /// Reads the manifests back for the lines whose ImageId hash is `repeated`, and refuses
+    /// the ImageIds that more than one image has (a 64-bit hash can repeat without them).
+    fn refuse_collisions(&self, repeated: &HashSet<u64>) -> anyhow::Result<()> {
+        let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+        for n in 0..self.manifests {
+            let path = manifest_path(self.dir.path(), n);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            for line in parse_jsonl(&bytes, &path.display().to_string())? {
+                if repeated.contains(&hash(&line.image_id)) {
+                    let uri = line.uri();
+                    by_id.entry(line.image_id).or_default().push(uri);
+                }
+            }
+        }
+        let mut shared: Vec<(String, Vec<String>)> = by_id
+            .into_iter()
+            .filter(|(_, uris)| uris.len() > 1)
             .collect();
-        return Err(InputError(format!(
-            "{collision_count} images share an ImageId with another image under --image-id {}; \
+        if shared.is_empty() {
+            return Ok(());
+        }
+        shared.sort();
+        let count: usize = shared.iter().map(|(_, uris)| uris.len() - 1).sum();
+        let examples: Vec<String> = shared
+            .iter()
+            .take(COLLISION_EXAMPLES)
+            .map(|(id, uris)| format!("  ImageId {id:?}: {} and {}", uris[0], uris[1]))
+            .collect();
+        Err(InputError(format!(
+            "{count} images share an ImageId with another image under --image-id {}; \
              their vectors would overwrite each other. Examples:\n{}\n\
              Use --image-id key (unique per bucket) or uri (unique everywhere), or narrow the paths.",
-            mode.name(),
+            self.mode.name(),
             examples.join("\n")
-        )));
+        ))
+        .into())
     }
-    Ok(lines)
+}
+
+/// A 64-bit hash of an ImageId (the same for the same text within one process).
+fn hash(image_id: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    image_id.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// One Batch job to submit: manifests `manifest_offset .. manifest_offset + manifests`.
@@ -169,17 +328,30 @@ mod tests {
         assert_eq!(split_jobs(2, 10_000)[0].array_size(), Some(2));
     }
 
+    /// The plan of `images` (each listed under the first of `roots` in its bucket).
+    fn plan(
+        images: Vec<ListedImage>,
+        roots: &[S3Uri],
+        mode: ImageIdMode,
+    ) -> anyhow::Result<Planned> {
+        let filter = ExtensionFilter::default();
+        let mut planner = Planner::new(roots, &filter, mode, 2).unwrap();
+        for image in images {
+            let root = roots.iter().position(|r| r.bucket == image.bucket).unwrap();
+            planner.offer(root, image).unwrap();
+        }
+        planner.finish(&ListingStats::default())
+    }
+
     #[test]
     fn stem_collisions_list_both_objects() {
-        let err = assign_image_ids(
-            vec![
-                image("b", "a/1.jpg"),
-                image("b", "c/1.png"),
-                image("b", "d/2.jpg"),
-            ],
-            ImageIdMode::Stem,
-        )
-        .unwrap_err();
+        let images = vec![
+            image("b", "a/1.jpg"),
+            image("b", "c/1.png"),
+            image("b", "d/2.jpg"),
+        ];
+        let err = plan(images, &[S3Uri::new("b", "")], ImageIdMode::Stem).unwrap_err();
+        let err = err.downcast::<InputError>().unwrap();
         assert!(err.0.starts_with("1 images share"), "{err}");
         assert!(err.0.contains("s3://b/a/1.jpg and s3://b/c/1.png"), "{err}");
         assert!(err.0.contains("--image-id stem"), "{err}");
@@ -187,9 +359,34 @@ mod tests {
 
     #[test]
     fn key_mode_keeps_same_keys_in_two_buckets_apart_only_under_uri() {
+        let roots = [S3Uri::new("b1", ""), S3Uri::new("b2", "")];
         let two = || vec![image("b1", "x.jpg"), image("b2", "x.jpg")];
-        assert!(assign_image_ids(two(), ImageIdMode::Key).is_err());
-        let lines = assign_image_ids(two(), ImageIdMode::Uri).unwrap();
+        assert!(plan(two(), &roots, ImageIdMode::Key).is_err());
+        let planned = plan(two(), &roots, ImageIdMode::Uri).unwrap();
+        let lines = parse_jsonl(&planned.manifest(0).unwrap(), "0").unwrap();
         assert_eq!(lines[1].image_id, "s3://b2/x.jpg");
+    }
+
+    #[test]
+    fn manifests_fill_in_order_and_each_object_counts_once() {
+        let roots = [S3Uri::new("b", "p/"), S3Uri::new("b", "p/sub/")];
+        let filter = ExtensionFilter::default();
+        let mut planner = Planner::new(&roots, &filter, ImageIdMode::Key, 2).unwrap();
+        for key in ["p/1.jpg", "p/2.jpg", "p/3.jpg", "p/notes.txt", "p/dir/"] {
+            planner.offer(0, image("b", key)).unwrap();
+        }
+        planner.offer(0, image("b", "p/sub/4.jpg")).unwrap();
+        // Listed again under the second path: a duplicate, not a second line.
+        planner.offer(1, image("b", "p/sub/4.jpg")).unwrap();
+        let planned = planner.finish(&ListingStats::default()).unwrap();
+        assert_eq!(planned.manifests, 2);
+        let keys: Vec<String> = (0..2)
+            .flat_map(|n| parse_jsonl(&planned.manifest(n).unwrap(), "m").unwrap())
+            .map(|l| l.key)
+            .collect();
+        assert_eq!(keys, ["p/1.jpg", "p/2.jpg", "p/3.jpg", "p/sub/4.jpg"]);
+        let s = &planned.stats;
+        assert_eq!((s.objects, s.images, s.duplicates), (6, 4, 1));
+        assert_eq!((s.not_images, s.directory_markers), (1, 1));
     }
 }

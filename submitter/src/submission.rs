@@ -10,30 +10,26 @@ use futures::{StreamExt, TryStreamExt};
 use embatch_aws::objects::put;
 use embatch_aws::retry::{is_throttling, is_transient_sdk_error};
 use embatch_aws::sdk_error::describe;
-use embatch_formats::manifest::{to_jsonl, ManifestLine};
 use embatch_formats::run::{env, RunLayout, RunPlan};
 
-use crate::plan::JobSpec;
+use crate::plan::{JobSpec, Planned};
 use crate::Clients;
 
 /// How many manifests are uploaded at once.
 const WRITE_CONCURRENCY: usize = 16;
 
-/// Writes manifest `n` of `chunks` to `layout.manifest(n)`, concurrently.
+/// Uploads manifest `n` of `planned` to `layout.manifest(n)`, a few at once.
 pub async fn write_manifests(
     s3: &aws_sdk_s3::Client,
     layout: &RunLayout,
-    chunks: &[&[ManifestLine]],
+    planned: &Planned,
 ) -> anyhow::Result<()> {
-    futures::stream::iter(chunks.iter().enumerate())
-        .map(|(n, lines)| async move {
-            put(
-                s3,
-                &layout.manifest(n),
-                to_jsonl(lines).into(),
-                "application/x-ndjson",
-            )
-            .await
+    futures::stream::iter(0..planned.manifests)
+        .map(|n| async move {
+            let body = planned
+                .manifest(n)
+                .with_context(|| format!("reading back manifest {n} of the plan"))?;
+            put(s3, &layout.manifest(n), body.into(), "application/x-ndjson").await
         })
         .buffer_unordered(WRITE_CONCURRENCY)
         .try_collect::<()>()
