@@ -5,8 +5,9 @@
 //! The bucket holds `objects` keys `<prefix><16 hex digits>.jpg`, spread evenly over the
 //! 64-bit hex space like hash-named keys, in S3's order; key `i` is computed, not stored, so
 //! ten million objects cost nothing. Requests honour `prefix`, `delimiter`, `start-after`,
-//! `continuation-token` and `max-keys` (at most 1000, as S3). Every other request is
-//! answered 501.
+//! `continuation-token` and `max-keys` (at most 1000, as S3). Every other request goes to the
+//! upstream given to [`ListingServer::in_front_of`] (the emulator: so that `embatch submit`
+//! runs whole against a bucket of millions), or is answered 501.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -16,9 +17,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::oneshot;
 
 /// The generated bucket.
@@ -73,6 +77,16 @@ pub struct ListingServer {
 impl ListingServer {
     /// Serves `bucket` on a free 127.0.0.1 port.
     pub fn start(bucket: SyntheticBucket) -> anyhow::Result<ListingServer> {
+        Self::serving(bucket, None)
+    }
+
+    /// Serves `bucket`'s listing, and forwards every other request to `upstream`
+    /// (`http://127.0.0.1:<port>`).
+    pub fn in_front_of(bucket: SyntheticBucket, upstream: &str) -> anyhow::Result<ListingServer> {
+        Self::serving(bucket, Some(upstream.trim_end_matches('/').to_string()))
+    }
+
+    fn serving(bucket: SyntheticBucket, upstream: Option<String>) -> anyhow::Result<ListingServer> {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").context("binding the listing server")?;
         listener.set_nonblocking(true)?;
@@ -83,7 +97,12 @@ impl ListingServer {
             .build()
             .context("starting the listing server's runtime")?;
         let (shutdown, stop) = oneshot::channel();
-        let state = Arc::new((bucket, pages.clone()));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let state = Arc::new(State {
+            bucket,
+            pages: pages.clone(),
+            upstream: upstream.map(|u| (u, client)),
+        });
         let thread = std::thread::Builder::new()
             .name("listing-server".into())
             .spawn(move || runtime.block_on(serve(listener, state, stop)))
@@ -118,9 +137,18 @@ impl Drop for ListingServer {
     }
 }
 
-type State = Arc<(SyntheticBucket, Arc<AtomicU64>)>;
+/// What the server answers from.
+struct State {
+    bucket: SyntheticBucket,
+    pages: Arc<AtomicU64>,
+    upstream: Option<(String, Client<HttpConnector, Full<Bytes>>)>,
+}
 
-async fn serve(listener: std::net::TcpListener, state: State, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -144,9 +172,9 @@ async fn serve(listener: std::net::TcpListener, state: State, mut stop: oneshot:
     }
 }
 
-async fn answer<B>(state: &State, request: Request<B>) -> Response<Full<Bytes>> {
-    let (bucket, pages) = (&state.0, &state.1);
-    let path = request.uri().path().trim_matches('/');
+async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let bucket = &state.bucket;
+    let path = request.uri().path().trim_matches('/').to_string();
     let query: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -157,23 +185,50 @@ async fn answer<B>(state: &State, request: Request<B>) -> Response<Full<Bytes>> 
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let (status, body) = if get("list-type") != Some("2") || path.contains('/') {
-        (
+    let listing = get("list-type") == Some("2") && path == bucket.bucket;
+    let (status, body) = match &state.upstream {
+        _ if listing => {
+            tokio::time::sleep(bucket.latency).await;
+            state.pages.fetch_add(1, Ordering::Relaxed);
+            (200, Bytes::from(list_page(bucket, &get)))
+        }
+        Some((upstream, client)) => match forward(upstream, client, request).await {
+            Ok(response) => return response,
+            Err(e) => (
+                502,
+                Bytes::from(format!("<Error><Message>{e:#}</Message></Error>")),
+            ),
+        },
+        None => (
             501,
-            "<Error><Code>NotImplemented</Code></Error>".to_string(),
-        )
-    } else if path != bucket.bucket {
-        (404, "<Error><Code>NoSuchBucket</Code></Error>".to_string())
-    } else {
-        tokio::time::sleep(bucket.latency).await;
-        pages.fetch_add(1, Ordering::Relaxed);
-        (200, list_page(bucket, &get))
+            Bytes::from("<Error><Code>NotImplemented</Code></Error>"),
+        ),
     };
     Response::builder()
         .status(status)
         .header("content-type", "application/xml")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(body))
         .expect("a static response is valid")
+}
+
+/// `request`, sent to `upstream`, and its whole answer.
+async fn forward(
+    upstream: &str,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Incoming>,
+) -> anyhow::Result<Response<Full<Bytes>>> {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("{upstream}{path}").parse()?;
+    let body = body.collect().await?.to_bytes();
+    let response = client
+        .request(Request::from_parts(parts, Full::new(body)))
+        .await?;
+    let (head, body) = response.into_parts();
+    Ok(Response::from_parts(
+        head,
+        Full::new(body.collect().await?.to_bytes()),
+    ))
 }
 
 /// The ListObjectsV2 page a request asks for.

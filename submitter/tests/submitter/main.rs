@@ -5,6 +5,7 @@
 mod common;
 mod inventory;
 mod listing;
+mod memory;
 mod model;
 mod status;
 mod submit;
