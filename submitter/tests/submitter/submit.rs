@@ -867,3 +867,35 @@ async fn keys_xml_cannot_carry_are_listed_url_encoded_and_round_trip() {
         assert_eq!(f.get(&f.bucket, key).await, b"x", "{key:?}");
     }
 }
+
+/// The plan is spooled locally until the listing is done: a listing that fails part way
+/// (every S3 GET after the pre-flight's two and the first page answered 500) leaves nothing in
+/// S3 and no job, and a later run starts from scratch.
+#[tokio::test]
+async fn a_listing_that_fails_part_way_writes_and_submits_nothing() {
+    let f = Fixture::new().await;
+    let keys: Vec<String> = (0..2100).map(|i| format!("big/{i:04}.jpg")).collect();
+    f.put_all(&f.bucket, &keys, b"x").await;
+    let proxy = FaultProxy::start(
+        &f.emulator.endpoint(),
+        FaultPlan {
+            seed: 3,
+            rules: vec![FaultRule::new(Match::s3_get(), Fault::Status(500)).skip(3)],
+        },
+    )
+    .unwrap();
+    let mut args = f.submit_args();
+    args.push("big/".into());
+    let endpoint = proxy.endpoint();
+    let out = f
+        .embatch_with(&args, None, &[("AWS_ENDPOINT_URL", &endpoint)])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("listing s3://"), "{}", out.stderr);
+    assert!(proxy.counts().per_rule[0] > 0);
+    assert!(
+        f.keys(&f.bucket, RUNS).await.is_empty(),
+        "manifests written"
+    );
+    assert_eq!(f.jobs_in_queue().await, 0, "a job submitted");
+}
