@@ -220,14 +220,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let layout = status::locate(&args.run, runs.as_ref())?;
             let mut cache = status::ReportCache::default();
+            let display = StatusDisplay::new();
             let state = loop {
                 let state = status::run_status(&clients, &layout, &mut cache).await?;
-                eprintln!("{}", state.line());
+                display.show(&state);
                 if !args.watch || state.finished {
                     break state;
                 }
                 tokio::time::sleep(Duration::from_secs(args.interval.max(1))).await;
             };
+            display.finish();
             println!("{}", serde_json::to_string_pretty(&state)?);
             let images_failed = state.reports.failed.max(state.reports.failure_lines) > 0;
             Ok(
@@ -241,6 +243,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ExitCode::from(3)
                 },
             )
+        }
+    }
+}
+
+/// `embatch status`'s progress on stderr: on a terminal, a bar of the children that have
+/// reported, with the status line beside it; elsewhere (logs, CI) the line, once a poll.
+struct StatusDisplay(Option<indicatif::ProgressBar>);
+
+impl StatusDisplay {
+    fn new() -> StatusDisplay {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} children reported  {msg}",
+            )
+            .expect("a valid template");
+            indicatif::ProgressBar::new(0).with_style(style)
+        });
+        StatusDisplay(bar)
+    }
+
+    fn show(&self, state: &status::RunStatus) {
+        match &self.0 {
+            Some(bar) => {
+                bar.set_length(state.manifests as u64);
+                bar.set_position(state.reports.summaries as u64);
+                bar.set_message(state.line());
+            }
+            None => eprintln!("{}", state.line()),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish();
         }
     }
 }
