@@ -40,11 +40,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::combinators::BoxBody;
@@ -54,13 +52,13 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
+use crate::http_server::LocalServer;
 use crate::iam::{self, access_denied, Iam, WireRequest};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -354,10 +352,8 @@ impl FaultCounts {
 /// A running proxy. It serves on its own thread and runtime, so it keeps answering while the
 /// test thread blocks on a child process; it stops when dropped.
 pub struct FaultProxy {
-    address: SocketAddr,
+    server: LocalServer,
     state: Arc<State>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct State {
@@ -448,10 +444,6 @@ impl FaultProxy {
     }
 
     fn start_with(upstream: &str, plan: FaultPlan, iam: Option<Arc<Iam>>) -> anyhow::Result<Self> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the fault proxy")?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
         let state = Arc::new(State {
             upstream: upstream.trim_end_matches('/').to_string(),
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -467,56 +459,17 @@ impl FaultProxy {
             plan,
             iam,
         });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the fault proxy's runtime")?;
-        let (shutdown, mut stop) = oneshot::channel();
         let serving = state.clone();
-        let thread = std::thread::Builder::new()
-            .name("fault-proxy".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("fault proxy: {e}");
-                            return;
-                        }
-                    };
-                    loop {
-                        tokio::select! {
-                            _ = &mut stop => break,
-                            accepted = listener.accept() => {
-                                let Ok((stream, _)) = accepted else { continue };
-                                let state = serving.clone();
-                                tokio::spawn(async move {
-                                    let service = hyper::service::service_fn(move |request| {
-                                        let state = state.clone();
-                                        async move { state.handle(request).await }
-                                    });
-                                    // Errors here are the injected resets, or clients going away.
-                                    let _ = hyper::server::conn::http1::Builder::new()
-                                        .serve_connection(TokioIo::new(stream), service)
-                                        .await;
-                                });
-                            }
-                        }
-                    }
-                })
-            })
-            .context("starting the fault proxy's thread")?;
-        Ok(Self {
-            address,
-            state,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = LocalServer::start("fault-proxy", move |request| {
+            let state = serving.clone();
+            async move { state.handle(request).await }
+        })?;
+        Ok(Self { server, state })
     }
 
     /// `http://127.0.0.1:<port>`: use it where the emulator's endpoint would go.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        self.server.endpoint()
     }
 
     /// The environment pointing a child process at the proxy (see [`crate::emulator::env_for`]).
@@ -532,17 +485,6 @@ impl FaultProxy {
             .expect("fault book lock")
             .counts
             .clone()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 //!   ([`fixture::Cloud`]), objects read back, vector records with awkward bit patterns.
 //! - [`faults`]: a fault-injecting HTTP proxy in front of the emulator (throttling, unprocessed
 //!   batch items, 5xx, dropped connections, delays), with counters of what it injected.
+//! - [`http_server`]: the HTTP/1 server the fault proxy and the listing server run on.
 //! - [`iam`]: IAM enforced on the proxy's requests, as AWS would (the emulator enforces none).
 //! - [`inventory_report`]: S3 Inventory reports of an emulator bucket, laid out as AWS
 //!   writes them (the emulator makes none).
@@ -22,6 +23,7 @@ pub mod bins;
 pub mod emulator;
 pub mod faults;
 pub mod fixture;
+pub mod http_server;
 pub mod iam;
 pub mod inventory_report;
 pub mod listing_server;

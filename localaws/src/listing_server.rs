@@ -15,15 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::oneshot;
+use hyper_util::rt::TokioExecutor;
+
+use crate::http_server::LocalServer;
 
 /// The generated bucket.
 #[derive(Clone, Debug)]
@@ -68,10 +68,8 @@ impl SyntheticBucket {
 
 /// The server; stopped when dropped.
 pub struct ListingServer {
-    address: std::net::SocketAddr,
+    server: LocalServer,
     pages: Arc<AtomicU64>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ListingServer {
@@ -87,37 +85,23 @@ impl ListingServer {
     }
 
     fn serving(bucket: SyntheticBucket, upstream: Option<String>) -> anyhow::Result<ListingServer> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the listing server")?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
         let pages = Arc::new(AtomicU64::new(0));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the listing server's runtime")?;
-        let (shutdown, stop) = oneshot::channel();
         let client = Client::builder(TokioExecutor::new()).build_http();
         let state = Arc::new(State {
             bucket,
             pages: pages.clone(),
             upstream: upstream.map(|u| (u, client)),
         });
-        let thread = std::thread::Builder::new()
-            .name("listing-server".into())
-            .spawn(move || runtime.block_on(serve(listener, state, stop)))
-            .context("starting the listing server's thread")?;
-        Ok(ListingServer {
-            address,
-            pages,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = LocalServer::start("listing-server", move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(answer(&state, request).await) }
+        })?;
+        Ok(ListingServer { server, pages })
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        self.server.endpoint()
     }
 
     /// ListObjectsV2 pages answered so far.
@@ -126,50 +110,11 @@ impl ListingServer {
     }
 }
 
-impl Drop for ListingServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.shutdown.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// What the server answers from.
 struct State {
     bucket: SyntheticBucket,
     pages: Arc<AtomicU64>,
     upstream: Option<(String, Client<HttpConnector, Full<Bytes>>)>,
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    state: Arc<State>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        }
-    }
 }
 
 async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -76,7 +76,7 @@ pub async fn read_inventory(
     let destination = destination_bucket(&report.destination_bucket)
         .with_context(|| format!("inventory manifest {manifest}"))?;
     let format = report.file_format.as_str();
-    // A few files at once, each handed on as soon as it is read.
+    // A few files at once, handed on in the manifest's order (the same plan every time).
     let mut files = futures::stream::iter(&report.files)
         .map(|file| {
             read_file(
@@ -87,7 +87,7 @@ pub async fn read_inventory(
                 &report,
             )
         })
-        .buffer_unordered(FILE_CONCURRENCY);
+        .buffered(FILE_CONCURRENCY);
     while let Some(rows) = files.try_next().await? {
         for row in rows {
             for (i, root) in roots.iter().enumerate() {

@@ -197,6 +197,8 @@ impl Planner {
         if shared.is_empty() {
             return Ok(());
         }
+        // Listing order varies from run to run; the message does not.
+        shared.iter_mut().for_each(|(_, uris)| uris.sort());
         shared.sort();
         let count: usize = shared.iter().map(|(_, uris)| uris.len() - 1).sum();
         let examples: Vec<String> = shared

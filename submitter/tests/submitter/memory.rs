@@ -1,8 +1,8 @@
 //! The plan streams: `embatch submit --dry-run` over a million objects (one flat prefix of
 //! hash-named keys, served by the S3 listing stand-in in front of the emulator) peaks at about
 //! the memory of a dry run over a hundred thousand. By hand, other sizes (BENCHMARKS.md):
-//! `EMBATCH_PLAN_OBJECTS=100000,1000000,10000000 cargo test --release --locked --workspace
-//! --test submitter memory -- --nocapture`.
+//! `EMBATCH_PLAN_OBJECTS=100000,1000000,10000000 [EMBATCH_PLAN_IMAGE_ID=stem] cargo test
+//! --release --locked --workspace --test submitter memory -- --nocapture`.
 
 use crate::common;
 
@@ -31,6 +31,11 @@ fn dry_run_peak(f: &Fixture, objects: u64) -> (u64, f64) {
                 .filter(|a| *a != &f.bucket && *a != "--bucket"),
         )
         .args(["--bucket", &bucket.bucket, "--dry-run", "images/"])
+        // By hand: `stem` keeps an 8-byte hash an image to find ImageId collisions.
+        .args([
+            "--image-id",
+            &std::env::var("EMBATCH_PLAN_IMAGE_ID").unwrap_or("key".into()),
+        ])
         .env_clear()
         .envs(emulator::env_for(&server.endpoint()))
         .env("RUST_LOG", "embatch_submitter=info");
