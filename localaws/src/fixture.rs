@@ -87,6 +87,28 @@ pub async fn put_bytes(s3: &aws_sdk_s3::Client, uri: &S3Uri, bytes: &[u8]) -> St
         .to_string()
 }
 
+/// Every key under `prefix` in `bucket`, by the SDK's own paginator (not the submitter's
+/// listing); panics on an error.
+pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    let mut keys = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap_or_else(|e| panic!("listing s3://{bucket}/{prefix}: {e:?}"));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .map(str::to_string),
+        );
+    }
+    keys
+}
+
 /// The object's bytes, or `None` if there is no such key; panics on any other error.
 pub async fn get_bytes(s3: &aws_sdk_s3::Client, uri: &S3Uri) -> Option<Vec<u8>> {
     get_if_exists(s3, uri)

@@ -40,21 +40,37 @@ impl LocalServer {
             .enable_all()
             .build()
             .with_context(|| format!("starting the {name}'s runtime"))?;
-        let (shutdown, stop) = oneshot::channel();
+        let (shutdown, mut stop) = oneshot::channel::<()>();
+        let serve = async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => return tracing::error!("local server: {e}"),
+            };
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let service = hyper::service::service_fn(handle.clone());
+                        tokio::spawn(async move {
+                            // Errors here are injected resets, or clients going away.
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                }
+            }
+        };
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || runtime.block_on(serve(listener, handle, stop)))
+            .spawn(move || runtime.block_on(serve))
             .with_context(|| format!("starting the {name}'s thread"))?;
         Ok(LocalServer {
             address,
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
-    }
-
-    /// Where it listens.
-    pub fn address(&self) -> SocketAddr {
-        self.address
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -70,40 +86,6 @@ impl Drop for LocalServer {
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
-        }
-    }
-}
-
-async fn serve<H, F, B, E>(
-    listener: std::net::TcpListener,
-    handle: H,
-    mut stop: oneshot::Receiver<()>,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
-    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    E: Into<BoxError>,
-{
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(e) => return tracing::error!("local server: {e}"),
-    };
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(handle);
-                    // Errors here are injected resets, or clients going away.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
         }
     }
 }

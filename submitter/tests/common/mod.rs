@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::{create_resources, BatchResources};
-use embatch_localaws::fixture::{get_bytes, put_bytes, Cloud};
+use embatch_localaws::fixture::{get_bytes, list_keys, put_bytes, Cloud};
 
 pub struct Fixture {
     /// The emulator, bucket and table (reached through `Deref`).
@@ -123,24 +123,7 @@ impl Fixture {
 
     /// Every key under `prefix` in `bucket`.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let mut pages = self
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .max_keys(1000)
-            .into_paginator()
-            .send();
-        let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            keys.extend(
-                page.unwrap()
-                    .contents()
-                    .iter()
-                    .map(|o| o.key().unwrap().to_string()),
-            );
-        }
-        keys
+        list_keys(&self.s3, bucket, prefix).await
     }
 
     /// How many jobs are in the fixture's queue, over every state.

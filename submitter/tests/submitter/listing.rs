@@ -8,7 +8,7 @@ use std::time::Duration;
 use embatch_aws::client;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator;
-use embatch_localaws::fixture::{put_bytes, Cloud};
+use embatch_localaws::fixture::{list_keys, put_bytes, Cloud};
 use embatch_localaws::listing_server::{ListingServer, SyntheticBucket};
 use embatch_submitter::listing::{list_images, ExtensionFilter, ListOptions, Listing};
 use futures::StreamExt;
@@ -51,22 +51,6 @@ fn keys() -> Vec<String> {
     keys
 }
 
-/// Every key under `prefix`, by the SDK's own paginator.
-async fn paginated(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> BTreeSet<String> {
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    let mut keys = BTreeSet::new();
-    while let Some(page) = pages.next().await {
-        let page = page.unwrap();
-        keys.extend(page.contents().iter().map(|o| o.key().unwrap().to_string()));
-    }
-    keys
-}
-
 fn image_keys(listing: &Listing) -> Vec<&str> {
     listing.images.iter().map(|i| i.key.as_str()).collect()
 }
@@ -102,7 +86,7 @@ async fn key_ranges_listed_at_once_list_what_a_paginator_lists() {
 
     let mut truth = BTreeSet::new();
     for root in &roots {
-        truth.extend(paginated(&s.s3, &s.bucket, &root.key).await);
+        truth.extend(list_keys(&s.s3, &s.bucket, &root.key).await);
     }
     assert_eq!(truth, keys.iter().cloned().collect::<BTreeSet<_>>());
     let images: Vec<&str> = truth
