@@ -253,15 +253,13 @@ async fn a_minute_of_throttling_on_60_percent_of_writes_stores_every_image() {
         counts.per_rule[1]
     );
     // 0.4 + 0.6 * 0.33: about 60 % of the write requests in the minute did not go through
-    // whole; the run outlasted the minute. About 100 requests fall in the minute, so the two
-    // binomial draws spread the ratio by about 0.06: the bounds are 3 of those either side
-    // (0.5..0.7 failed about one run in ten: 0.73 on 2026-12-02).
+    // whole. 100-170 requests fall in the minute, so the two binomial draws spread the ratio
+    // by about 0.06: the bounds are 3 of those either side (0.5..0.7 failed about one run in
+    // ten: 0.73 on 2026-12-02). Whether the run outlasts the minute depends on the machine
+    // (44 s to 90 s here), so that is not asserted: every write it made in the minute was
+    // faulted at the rate asked, and every image ends stored.
     let faulted = (counts.per_rule[0] + counts.per_rule[1]) as f64;
     let ratio = faulted / counts.in_window[0] as f64;
-    assert!(
-        counts.in_window[0] < counts.matched[0],
-        "the run outlasted the minute: {counts:?}"
-    );
     assert!(
         (0.42..0.78).contains(&ratio),
         "{ratio:.2} of writes faulted: {counts:?}"
