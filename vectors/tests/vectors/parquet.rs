@@ -11,8 +11,7 @@ use embatch_testkit::cosine;
 use embatch_testkit::peak_memory::run_measured;
 use serde_json::Value;
 
-mod common;
-use common::{cli, finite, python, stdout, store};
+use crate::common::{cli, finite, python, stdout, store};
 
 /// What a table of every kind of item holds: the fixture's records (every attribute, NaN
 /// payloads and infinities), finite ones for the cosine query, an odd id, and an item as the
@@ -199,7 +198,7 @@ async fn a_parquet_export_reads_back_in_pyarrow_and_duckdb_as_the_table() {
 
 /// The code block of README.md that follows `<!-- tested: NAME -->`.
 fn readme_block(name: &str) -> String {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     let marker = format!("<!-- tested: {name} -->\n```python\n");
     let start = readme.find(&marker).expect("the marker is in README.md") + marker.len();
     let end = start + readme[start..].find("```").expect("the block ends");

@@ -11,8 +11,7 @@ use embatch_records::nearest::Index;
 use embatch_records::vector::VectorRecord;
 use serde_json::Value;
 
-mod common;
-use common::{cli, stdout, store};
+use crate::common::{cli, stdout, store};
 
 /// The sample images as files in `dir`, and what `embatch-worker embed` made of each.
 struct Embedded {

@@ -8,8 +8,7 @@ use embatch_localaws::fixture::{record, records, Cloud};
 use embatch_records::vector::{encode_f32_le, VectorRecord};
 use serde_json::Value;
 
-mod common;
-use common::{cli, finite, python, stdout, store};
+use crate::common::{cli, finite, python, stdout, store};
 
 /// The sample's reader, verbatim in its essentials, via the boto3 resource API (whose
 /// TypeDeserializer makes `Vector` a `boto3.dynamodb.types.Binary`) and via the low-level

@@ -10,8 +10,7 @@ use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
 use embatch_localaws::fixture::{record, Cloud};
 use embatch_records::vector::VectorRecord;
 
-mod common;
-use common::store;
+use crate::common::{self, store};
 
 const BUCKET: &str = "embatch-index";
 
