@@ -13,7 +13,7 @@ use embatch_aws::client;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator;
 use embatch_localaws::listing_server::{ListingServer, SyntheticBucket};
-use embatch_submitter::listing::{list_images, ExtensionFilter, ListOptions};
+use embatch_submitter::listing::{list, ListOptions};
 
 #[derive(Parser)]
 struct Args {
@@ -61,10 +61,15 @@ async fn main() -> anyhow::Result<()> {
         let mut stats = None;
         for _ in 0..args.runs {
             let started = Instant::now();
-            let listing = list_images(&s3, &root, &ExtensionFilter::default(), &options).await?;
+            let mut listed = 0u64;
+            let counts = list(&s3, &root, &options, &mut |_, _| {
+                listed += 1;
+                Ok(())
+            })
+            .await?;
             seconds.push(started.elapsed().as_secs_f64());
-            anyhow::ensure!(listing.images.len() as u64 == args.objects, "lost objects");
-            stats = Some(listing.stats);
+            anyhow::ensure!(listed == args.objects, "lost objects");
+            stats = Some(counts);
         }
         seconds.sort_by(f64::total_cmp);
         let median = seconds[seconds.len() / 2];

@@ -34,6 +34,7 @@ use embatch_formats::run::{
     new_run_id, now_rfc3339, RunLayout, RunPlan, SubmittedJob, MAX_ARRAY_SIZE,
 };
 use embatch_formats::s3uri::S3Uri;
+use embatch_formats::spec::ModelSpec;
 use embatch_records::reader::TableReader;
 
 use crate::cost::{CostEstimate, CostInputs};
@@ -171,7 +172,7 @@ pub async fn submit(
     options.validate()?;
     let roots = event.resolve(options.bucket.as_deref())?;
     let runs = runs_root(options.bucket.as_deref(), options.runs_uri.as_ref())?;
-    preflight(clients, &roots, &runs, options).await?;
+    let model = preflight(clients, &roots, &runs, options).await?;
 
     let planned = plan_manifests(clients, &roots, options).await?;
     let specs = plan::split_jobs(planned.manifests, options.max_array_size);
@@ -181,10 +182,7 @@ pub async fn submit(
         manifests: planned.manifests as u64,
         list_pages: planned.stats.pages,
         // The model's when its spec can be read here, else ResNet18's.
-        dimension: model_check::run_model(&options.model_spec)
-            .ok()
-            .flatten()
-            .map_or(512, |spec| spec.dimension),
+        dimension: model.map_or(512, |spec| spec.dimension),
         seconds_per_image: options.seconds_per_image,
         spot_price_per_vcpu_hour: options.spot_price_per_vcpu_hour,
     });
@@ -252,7 +250,7 @@ async fn plan_manifests(
         Some(manifest) => {
             inventory::read_inventory(&clients.s3, manifest, roots, &mut sink).await?
         }
-        None => listing::list_roots(&clients.s3, roots, &options.listing, &mut sink).await?,
+        None => listing::list(&clients.s3, roots, &options.listing, &mut sink).await?,
     };
     let planned = planner.finish(&requests)?;
     let stats = &planned.stats;
@@ -285,13 +283,14 @@ impl SubmitOptions {
 
 /// Every check that can fail before anything is written: the roots inside the job role's
 /// readable prefixes, each root and the runs folder listable, the queue, the job definition
-/// and the table present, and the table holding no other model's vectors.
+/// and the table present, and the table holding no other model's vectors. Returns the run's
+/// model spec when it can be read here.
 async fn preflight(
     clients: &Clients,
     roots: &[S3Uri],
     runs: &S3Uri,
     options: &SubmitOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<ModelSpec>> {
     if let Some(readable) = &options.readable_prefixes {
         preflight::check_readable(roots, readable)?;
     }
@@ -305,11 +304,12 @@ async fn preflight(
             "model spec {} is neither on this machine nor one the image ships: the table's model is not checked before the run (the workers still keep other models' vectors, failing those images as model_mismatch)",
             options.model_spec
         );
-        return Ok(());
+        return Ok(None);
     };
     let reader = TableReader::new(clients.dynamodb.clone(), &options.table);
     model_check::check_table_model(&reader, &options.model_spec, &model, options.replace_model)
-        .await
+        .await?;
+    Ok(Some(model))
 }
 
 /// The jobs of a plan, not yet submitted (no job ids).

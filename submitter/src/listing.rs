@@ -1,8 +1,9 @@
 //! Listing the input prefixes: every page of ListObjectsV2, the prefixes and the key ranges of
-//! large prefixes ([`crate::key_ranges`]) listed at once, each object kept once, images chosen
-//! by extension.
+//! large prefixes ([`crate::key_ranges`]) listed at once, each object handed on as its page
+//! arrives. Which objects are images ([`ExtensionFilter`]) and what was kept
+//! ([`ListingStats`]) are defined here and applied by [`crate::plan::Planner`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use anyhow::Context;
 use futures::stream::FuturesUnordered;
@@ -104,15 +105,6 @@ pub struct ListingStats {
     pub images: u64,
 }
 
-/// The images under the prefixes, sorted by bucket and key, each once.
-#[derive(Clone, Debug, Default)]
-pub struct Listing {
-    /// The images.
-    pub images: Vec<ListedImage>,
-    /// Counts.
-    pub stats: ListingStats,
-}
-
 /// How a listing is run.
 #[derive(Clone, Debug)]
 pub struct ListOptions {
@@ -137,56 +129,6 @@ impl Default for ListOptions {
     }
 }
 
-/// Lists every prefix in `roots` (every page, in key ranges listed at once) and keeps the
-/// images.
-pub async fn list_images(
-    s3: &aws_sdk_s3::Client,
-    roots: &[S3Uri],
-    filter: &ExtensionFilter,
-    options: &ListOptions,
-) -> anyhow::Result<Listing> {
-    let mut per_root: Vec<Vec<ListedImage>> = vec![Vec::new(); roots.len()];
-    let stats = list_roots(s3, roots, options, &mut |root, object| {
-        per_root[root].push(object);
-        Ok(())
-    })
-    .await?;
-    Ok(keep_images(per_root, stats, filter))
-}
-
-/// The images among the objects found under each root: each object once (one found under
-/// two overlapping roots is counted in `duplicates`), sorted by bucket and key, directory
-/// markers, other extensions and empty objects counted and left out.
-pub(crate) fn keep_images(
-    per_root: Vec<Vec<ListedImage>>,
-    mut stats: ListingStats,
-    filter: &ExtensionFilter,
-) -> Listing {
-    let mut unique: BTreeMap<(String, String), ListedImage> = BTreeMap::new();
-    for object in per_root.into_iter().flatten() {
-        let id = (object.bucket.clone(), object.key.clone());
-        if unique.insert(id, object).is_some() {
-            stats.duplicates += 1;
-        }
-    }
-    stats.objects = unique.len() as u64;
-
-    let mut images = Vec::with_capacity(unique.len());
-    for object in unique.into_values() {
-        if object.key.ends_with('/') {
-            stats.directory_markers += 1;
-        } else if !filter.matches(&object.key) {
-            stats.not_images += 1;
-        } else if object.size == 0 {
-            stats.empty += 1;
-        } else {
-            images.push(object);
-        }
-    }
-    stats.images = images.len() as u64;
-    Listing { images, stats }
-}
-
 /// A key range of one root, and how many pages it has yielded.
 struct Work {
     root: usize,
@@ -194,13 +136,14 @@ struct Work {
     pages: u32,
 }
 
-/// Hands every object under each root to `sink` with the root's index, page by page (in no
-/// particular order), and returns the counts of `pages` and `ranges`.
+/// Lists every prefix in `roots`, handing every object to `sink` with the root's index, page
+/// by page (in no particular order; [`crate::plan::Planner::offer`] is the submitter's sink),
+/// and returns the counts of `pages` and `ranges`.
 ///
 /// Each root starts as one range. A range is listed page by page; when a page comes back
 /// truncated, the rest of the range is queued again, or, after `split_after_pages` pages
 /// and while requests are idle, split into ranges listed at once ([`key_ranges`]).
-pub(crate) async fn list_roots(
+pub async fn list(
     s3: &aws_sdk_s3::Client,
     roots: &[S3Uri],
     options: &ListOptions,

@@ -6,11 +6,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use embatch_aws::client;
+use embatch_formats::image_id::ImageIdMode;
+use embatch_formats::manifest::parse_jsonl;
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator;
 use embatch_localaws::fixture::{list_keys, put_bytes, Cloud};
 use embatch_localaws::listing_server::{ListingServer, SyntheticBucket};
-use embatch_submitter::listing::{list_images, ExtensionFilter, ListOptions, Listing};
+use embatch_submitter::listing::{list, ExtensionFilter, ListOptions, ListingStats};
+use embatch_submitter::plan::Planner;
 use futures::StreamExt;
 
 /// The keys: 240 hash-like names, folders, and edge cases.
@@ -51,8 +54,40 @@ fn keys() -> Vec<String> {
     keys
 }
 
-fn image_keys(listing: &Listing) -> Vec<&str> {
-    listing.images.iter().map(|i| i.key.as_str()).collect()
+/// What the submitter keeps of a listing: its images' keys, sorted, and the counts.
+struct Listed {
+    images: Vec<String>,
+    stats: ListingStats,
+}
+
+/// `roots` listed with `options` into the submitter's own plan (one manifest).
+async fn list_images(
+    s3: &aws_sdk_s3::Client,
+    roots: &[S3Uri],
+    filter: &ExtensionFilter,
+    options: &ListOptions,
+) -> anyhow::Result<Listed> {
+    let mut planner = Planner::new(roots, filter, ImageIdMode::Key, usize::MAX)?;
+    let requests = list(s3, roots, options, &mut |root, object| {
+        planner.offer(root, object)
+    })
+    .await?;
+    let planned = planner.finish(&requests)?;
+    let mut images = Vec::new();
+    for n in 0..planned.manifests {
+        let lines = parse_jsonl(&planned.manifest(n)?, "manifest")?;
+        images.extend(lines.into_iter().map(|l| l.key));
+    }
+    // Key ranges arrive in any order.
+    images.sort();
+    Ok(Listed {
+        images,
+        stats: planned.stats,
+    })
+}
+
+fn image_keys(listing: &Listed) -> Vec<&str> {
+    listing.images.iter().map(String::as_str).collect()
 }
 
 #[tokio::test]
