@@ -462,9 +462,11 @@ fn print_keep_instructions(emulator: &Emulator, spec: &Path) {
     println!("  export {}", env.join(" "));
     println!("  aws dynamodb scan --table-name {TABLE} --select COUNT");
     println!("  aws s3 ls --recursive s3://{BUCKET}/");
-    println!("  target/release/embatch-vectors --table {TABLE} export --out vectors/");
+    // `cargo run` builds the reader's command line on first use (the local run does not).
+    let vectors = "cargo run --release --locked -q --bin embatch-vectors --";
+    println!("  {vectors} --table {TABLE} export --out vectors/");
     println!(
-        "  target/release/embatch-vectors --table {TABLE} nearest --image IMAGE --model-spec {}",
+        "  {vectors} --table {TABLE} nearest --image IMAGE --model-spec {}",
         spec.display()
     );
     println!("stop it with: kill {}", emulator.pid());
