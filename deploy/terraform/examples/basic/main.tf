@@ -1,14 +1,9 @@
 # A root module deploying embatch into existing subnets and a security group.
 #   terraform init && terraform apply -var 'subnet_ids=["subnet-..."]' -var 'security_group_ids=["sg-..."]'
 
+# The AWS provider's source and version constraint come from the module (its versions.tf).
 terraform {
   required_version = ">= 1.5"
-  required_providers {
-    aws = {
-      source  = "hashicorp/aws"
-      version = ">= 5.60, < 6.0"
-    }
-  }
 }
 
 variable "region" {
