@@ -27,6 +27,18 @@ pub struct AwsOptions {
     pub initial_backoff: Option<Duration>,
 }
 
+impl AwsOptions {
+    /// `endpoint_url` and `region` (the binaries' `--endpoint-url` and `--region`), the rest
+    /// the defaults.
+    pub fn at(endpoint_url: Option<String>, region: Option<String>) -> AwsOptions {
+        AwsOptions {
+            endpoint_url,
+            region,
+            ..AwsOptions::default()
+        }
+    }
+}
+
 /// The attempt timeout when [`AwsOptions::attempt_timeout`] is unset.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -257,28 +257,19 @@ mod tests {
             base: Duration::from_micros(10),
             ..policy(4)
         };
-        let mut calls = 0;
-        let r: Result<(), &str> = retry(
-            &fast,
-            |e| *e == "transient",
-            || {
-                calls += 1;
-                async { Err("permanent") }
-            },
-        )
-        .await;
-        assert_eq!((r, calls), (Err("permanent"), 1));
-
-        let mut calls = 0;
-        let r: Result<(), &str> = retry(
-            &fast,
-            |e| *e == "transient",
-            || {
-                calls += 1;
-                async { Err("transient") }
-            },
-        )
-        .await;
-        assert_eq!((r, calls), (Err("transient"), 4));
+        // A permanent error ends at once; a transient one after the budget's 4 attempts.
+        for (error, attempts) in [("permanent", 1), ("transient", 4)] {
+            let mut calls = 0;
+            let r: Result<(), &str> = retry(
+                &fast,
+                |e| *e == "transient",
+                || {
+                    calls += 1;
+                    async move { Err(error) }
+                },
+            )
+            .await;
+            assert_eq!((r, calls), (Err(error), attempts));
+        }
     }
 }

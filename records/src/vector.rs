@@ -87,6 +87,41 @@ pub struct VectorMetadata {
     pub manifest: Option<u64>,
 }
 
+/// One metadata value as the item stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaValue<'a> {
+    /// A string (S) attribute.
+    Text(&'a str),
+    /// A number (N) attribute.
+    Number(u64),
+}
+
+impl VectorMetadata {
+    /// The fields that are set, by item attribute name ([`attr`]).
+    pub fn attributes(&self) -> impl Iterator<Item = (&'static str, MetaValue<'_>)> {
+        let text = [
+            (attr::CREATED, &self.created),
+            (attr::SOURCE_URI, &self.source_uri),
+            (attr::SOURCE_ETAG, &self.source_etag),
+            (attr::MODEL, &self.model),
+            (attr::MODEL_SHA256, &self.model_sha256),
+            (attr::RUN_ID, &self.run_id),
+            (attr::JOB_ID, &self.job_id),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, MetaValue::Text(v.as_deref()?))));
+        let numbers = [
+            (attr::SOURCE_SIZE, self.source_size),
+            (attr::WIDTH, self.width.map(u64::from)),
+            (attr::HEIGHT, self.height.map(u64::from)),
+            (attr::MANIFEST, self.manifest),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, MetaValue::Number(v?))));
+        text.chain(numbers)
+    }
+}
+
 /// A stored item that is not a valid vector record.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ItemError {
@@ -162,31 +197,12 @@ impl VectorRecord {
         );
         item.insert(attr::DIMENSION.into(), n(self.vector.len() as u64));
         item.insert(attr::DATA_TYPE.into(), s(DATA_TYPE_F32));
-        let m = &self.meta;
-        let strings = [
-            (attr::CREATED, &m.created),
-            (attr::SOURCE_URI, &m.source_uri),
-            (attr::SOURCE_ETAG, &m.source_etag),
-            (attr::MODEL, &m.model),
-            (attr::MODEL_SHA256, &m.model_sha256),
-            (attr::RUN_ID, &m.run_id),
-            (attr::JOB_ID, &m.job_id),
-        ];
-        for (name, value) in strings {
-            if let Some(v) = value {
-                item.insert(name.into(), s(v));
-            }
-        }
-        let numbers = [
-            (attr::SOURCE_SIZE, m.source_size),
-            (attr::WIDTH, m.width.map(u64::from)),
-            (attr::HEIGHT, m.height.map(u64::from)),
-            (attr::MANIFEST, m.manifest),
-        ];
-        for (name, value) in numbers {
-            if let Some(v) = value {
-                item.insert(name.into(), n(v));
-            }
+        for (name, value) in self.meta.attributes() {
+            let value = match value {
+                MetaValue::Text(v) => s(v),
+                MetaValue::Number(v) => n(v),
+            };
+            item.insert(name.into(), value);
         }
         item
     }
@@ -357,38 +373,37 @@ mod tests {
     #[test]
     fn corrupt_items_are_typed_errors() {
         let good = record(vec![1.0, 2.0]).to_item();
-
-        let mut short = good.clone();
-        short.insert(
-            attr::VECTOR.into(),
-            AttributeValue::B(Blob::new(vec![0u8; 7])),
+        let with = |name: &str, value: AttributeValue| {
+            let mut item = good.clone();
+            item.insert(name.into(), value);
+            VectorRecord::from_item(&item)
+        };
+        // A vector whose length its dimension does not match: (attribute, value, bytes, dimension).
+        let mismatched = [
+            (
+                attr::VECTOR,
+                AttributeValue::B(Blob::new(vec![0u8; 7])),
+                (7, 2),
+            ),
+            (attr::DIMENSION, AttributeValue::N("3".into()), (8, 3)),
+        ];
+        for (name, value, want) in mismatched {
+            match with(name, value) {
+                Err(ItemError::LengthMismatch {
+                    bytes, dimension, ..
+                }) => {
+                    assert_eq!((bytes, dimension), want)
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let dtype = with(attr::DATA_TYPE, AttributeValue::S("float16".into()));
+        assert!(matches!(dtype, Err(ItemError::UnknownDataType { .. })));
+        let err = with(attr::WIDTH, AttributeValue::S("640".into())).unwrap_err();
+        assert!(
+            err.to_string().contains("a/1.jpg") && err.to_string().contains("Width"),
+            "{err}"
         );
-        assert!(matches!(
-            VectorRecord::from_item(&short),
-            Err(ItemError::LengthMismatch {
-                bytes: 7,
-                dimension: 2,
-                ..
-            })
-        ));
-
-        let mut dim = good.clone();
-        dim.insert(attr::DIMENSION.into(), AttributeValue::N("3".into()));
-        assert!(matches!(
-            VectorRecord::from_item(&dim),
-            Err(ItemError::LengthMismatch {
-                bytes: 8,
-                dimension: 3,
-                ..
-            })
-        ));
-
-        let mut dtype = good.clone();
-        dtype.insert(attr::DATA_TYPE.into(), AttributeValue::S("float16".into()));
-        assert!(matches!(
-            VectorRecord::from_item(&dtype),
-            Err(ItemError::UnknownDataType { .. })
-        ));
 
         let mut missing = good.clone();
         missing.remove(attr::VECTOR);
@@ -396,14 +411,6 @@ mod tests {
             VectorRecord::from_item(&missing),
             Err(ItemError::Missing { name: "Vector", .. })
         ));
-
-        let mut wrong = good;
-        wrong.insert(attr::WIDTH.into(), AttributeValue::S("640".into()));
-        let err = VectorRecord::from_item(&wrong).unwrap_err();
-        assert!(
-            err.to_string().contains("a/1.jpg") && err.to_string().contains("Width"),
-            "{err}"
-        );
     }
 
     #[test]

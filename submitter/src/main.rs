@@ -177,12 +177,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let options = AwsOptions {
-        endpoint_url: cli.endpoint_url,
-        region: cli.region,
-        ..AwsOptions::default()
-    };
-    let config = client::load(&options).await;
+    let config = client::load(&AwsOptions::at(cli.endpoint_url, cli.region)).await;
     let clients = Clients::new(&config);
     match cli.command {
         Command::Submit(args) => {

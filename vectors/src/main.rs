@@ -32,7 +32,7 @@ use embatch_records::export::{export, IDS_FILE, VECTORS_FILE};
 use embatch_records::nearest::{Index, IndexError, Neighbour};
 use embatch_records::parquet::{read_records, ParquetOptions};
 use embatch_records::reader::TableReader;
-use embatch_records::vector::{attr, VectorRecord, DATA_TYPE_F32};
+use embatch_records::vector::{attr, MetaValue, VectorRecord, DATA_TYPE_F32};
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
@@ -122,11 +122,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let aws = AwsOptions {
-        endpoint_url: cli.endpoint_url,
-        region: cli.region,
-        ..AwsOptions::default()
-    };
+    let aws = AwsOptions::at(cli.endpoint_url, cli.region);
     let table = cli.table;
     let reader = || async {
         let table = table
@@ -383,26 +379,16 @@ fn summary(record: &VectorRecord) -> String {
 /// The item as JSON with the table's attribute names.
 fn to_json(record: &VectorRecord) -> Value {
     let mut object = Map::new();
-    let mut put = |name: &str, value: Value| {
-        if !value.is_null() {
-            object.insert(name.to_string(), value);
-        }
-    };
-    let m = &record.meta;
-    put(attr::IMAGE_ID, json!(record.image_id));
-    put(attr::DIMENSION, json!(record.vector.len()));
-    put(attr::DATA_TYPE, json!(DATA_TYPE_F32));
-    put(attr::VECTOR, json!(record.vector));
-    put(attr::CREATED, json!(m.created));
-    put(attr::SOURCE_URI, json!(m.source_uri));
-    put(attr::SOURCE_ETAG, json!(m.source_etag));
-    put(attr::SOURCE_SIZE, json!(m.source_size));
-    put(attr::WIDTH, json!(m.width));
-    put(attr::HEIGHT, json!(m.height));
-    put(attr::MODEL, json!(m.model));
-    put(attr::MODEL_SHA256, json!(m.model_sha256));
-    put(attr::RUN_ID, json!(m.run_id));
-    put(attr::JOB_ID, json!(m.job_id));
-    put(attr::MANIFEST, json!(m.manifest));
+    object.insert(attr::IMAGE_ID.into(), json!(record.image_id));
+    object.insert(attr::DIMENSION.into(), json!(record.vector.len()));
+    object.insert(attr::DATA_TYPE.into(), json!(DATA_TYPE_F32));
+    object.insert(attr::VECTOR.into(), json!(record.vector));
+    for (name, value) in record.meta.attributes() {
+        let value = match value {
+            MetaValue::Text(v) => json!(v),
+            MetaValue::Number(v) => json!(v),
+        };
+        object.insert(name.into(), value);
+    }
     Value::Object(object)
 }

@@ -40,6 +40,17 @@ const IN_FLIGHT: usize = 4;
 /// Metadata kept to decide what a re-run must write, not to filter on.
 const NON_FILTERABLE: [&str; 2] = [attr::MODEL_SHA256, attr::SOURCE_ETAG];
 
+/// `target.client.<operation>()` addressed to the target's bucket and index.
+macro_rules! on_index {
+    ($target:expr, $operation:ident) => {
+        $target
+            .client
+            .$operation()
+            .vector_bucket_name(&$target.bucket)
+            .index_name(&$target.index)
+    };
+}
+
 /// The index to load.
 pub struct Target {
     /// The S3 Vectors client.
@@ -122,13 +133,7 @@ pub async fn load(
 /// The index exists with `dimension`, created if missing and `create`.
 async fn ensure_index(target: &Target, dimension: usize, create: bool) -> anyhow::Result<()> {
     let name = format!("index {} in vector bucket {}", target.index, target.bucket);
-    let found = target
-        .client
-        .get_index()
-        .vector_bucket_name(&target.bucket)
-        .index_name(&target.index)
-        .send()
-        .await;
+    let found = on_index!(target, get_index).send().await;
     match found {
         Ok(out) => {
             let has = out.index().map(|i| i.dimension());
@@ -156,11 +161,7 @@ async fn create_index(target: &Target, dimension: usize) -> anyhow::Result<()> {
     let metadata = MetadataConfiguration::builder()
         .set_non_filterable_metadata_keys(Some(NON_FILTERABLE.map(String::from).to_vec()))
         .build()?;
-    target
-        .client
-        .create_index()
-        .vector_bucket_name(&target.bucket)
-        .index_name(&target.index)
+    on_index!(target, create_index)
         .data_type(DataType::Float32)
         .dimension(i32::try_from(dimension)?)
         .distance_metric(DistanceMetric::Cosine)
@@ -181,11 +182,7 @@ async fn to_write(
     let keys: Vec<String> = chunk.iter().map(|r| r.image_id.clone()).collect();
     let stored = target
         .throttled("GetVectors", || {
-            target
-                .client
-                .get_vectors()
-                .vector_bucket_name(&target.bucket)
-                .index_name(&target.index)
+            on_index!(target, get_vectors)
                 .set_keys(Some(keys.clone()))
                 .return_data(false)
                 .return_metadata(true)
@@ -269,11 +266,7 @@ async fn put(
     pacer.take(batch.len()).await;
     target
         .throttled("PutVectors", || {
-            target
-                .client
-                .put_vectors()
-                .vector_bucket_name(&target.bucket)
-                .index_name(&target.index)
+            on_index!(target, put_vectors)
                 .set_vectors(Some(batch.clone()))
                 .send()
         })

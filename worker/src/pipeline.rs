@@ -98,13 +98,11 @@ struct Clients {
 
 impl Clients {
     async fn connect(config: &Config) -> Clients {
-        let sdk = client::load(&AwsOptions {
-            endpoint_url: config.endpoint_url.clone(),
-            region: config.region.clone(),
+        let options = AwsOptions {
             attempt_timeout: Some(config.attempt_timeout()),
-            initial_backoff: None,
-        })
-        .await;
+            ..AwsOptions::at(config.endpoint_url.clone(), config.region.clone())
+        };
+        let sdk = client::load(&options).await;
         Clients {
             s3: client::s3(&sdk),
             dynamodb: client::dynamodb(&sdk),
