@@ -183,6 +183,16 @@ impl ChildRun {
     }
 }
 
+/// Panics (a test's check) naming each child of `runs` that did not exit 0, with its stderr.
+pub fn assert_all_succeeded(runs: &[ChildRun]) {
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| !r.success())
+        .map(|r| format!("child {} exited {:?}:\n{}", r.job_id, r.exit_code, r.stderr))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 /// Runs the worker for every child of the given jobs, as AWS Batch would.
 #[derive(Clone, Debug)]
 pub struct Player {

@@ -347,6 +347,16 @@ impl FaultCounts {
     pub fn operation(&self, name: &str) -> u64 {
         self.operations.get(name).copied().unwrap_or(0)
     }
+
+    /// Faults of one kind injected (`"throttle"`, `"status"`; see [`FaultCounts::by_kind`]).
+    pub fn kind(&self, kind: &str) -> u64 {
+        self.by_kind.get(kind).copied().unwrap_or(0)
+    }
+
+    /// The largest batch seen of one operation (0 if none; see [`FaultCounts::largest_batch`]).
+    pub fn largest(&self, operation: &str) -> usize {
+        self.largest_batch.get(operation).copied().unwrap_or(0)
+    }
 }
 
 /// A running proxy. It serves on its own thread and runtime, so it keeps answering while the

@@ -13,6 +13,7 @@ use embatch_records::table::create_table;
 use embatch_records::vector::{VectorMetadata, VectorRecord};
 
 use crate::emulator::unique_name;
+use crate::faults::{FaultPlan, FaultProxy, FaultRule};
 use crate::Emulator;
 
 /// An emulator with one fresh bucket and one fresh vector table (created as the stack does:
@@ -68,6 +69,15 @@ impl Cloud {
     /// The object's bytes, or `None` if there is no such key; panics on any other error.
     pub async fn get(&self, uri: &S3Uri) -> Option<Vec<u8>> {
         get_bytes(&self.s3, uri).await
+    }
+}
+
+impl Emulator {
+    /// A fault proxy in front of this emulator: `rules` in order of precedence, every random
+    /// choice seeded by `seed`. Panics (a test fixture) if it cannot start.
+    pub fn fault_proxy(&self, seed: u64, rules: impl IntoIterator<Item = FaultRule>) -> FaultProxy {
+        let rules = rules.into_iter().collect();
+        FaultProxy::start(&self.endpoint(), FaultPlan { seed, rules }).expect("the proxy starts")
     }
 }
 
@@ -181,7 +191,16 @@ pub fn assert_same(got: &VectorRecord, want: &VectorRecord) {
     assert_eq!(got.meta, want.meta, "metadata of {}", want.image_id);
 }
 
-/// Every item in the table, read straight from the emulator with the SDK (not our reader).
+/// [`assert_same`] for each pair, and as many records as wanted.
+pub fn assert_all_same(got: &[VectorRecord], want: &[VectorRecord]) {
+    assert_eq!(got.len(), want.len(), "records");
+    for (got, want) in got.iter().zip(want) {
+        assert_same(got, want);
+    }
+}
+
+/// Every item in the table, read straight from the emulator with the SDK (not our reader),
+/// consistently.
 pub async fn raw_items(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -189,6 +208,7 @@ pub async fn raw_items(
     dynamodb
         .scan()
         .table_name(table)
+        .consistent_read(true)
         .into_paginator()
         .items()
         .send()

@@ -14,6 +14,28 @@ use tokio::sync::oneshot;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
+/// A request's query string, decoded, its parameters in order.
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Decodes `query` (without `?`; none is no parameter).
+    pub fn parse(query: Option<&str>) -> Query {
+        let bytes = query.unwrap_or_default().as_bytes();
+        Query(form_urlencoded::parse(bytes).into_owned().collect())
+    }
+
+    /// The first value of parameter `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let found = self.0.iter().find(|(k, _)| k == name);
+        found.map(|(_, v)| v.as_str())
+    }
+
+    /// The parameters' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+}
+
 /// A running server.
 pub struct LocalServer {
     address: SocketAddr,

@@ -36,6 +36,8 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::http_server::Query;
+
 /// The emulator's account.
 pub const ACCOUNT: &str = "123456789012";
 
@@ -355,19 +357,10 @@ const S3_PLAIN_QUERY: &[&str] = &[
 ];
 
 fn s3_checks(request: &WireRequest<'_>) -> Result<(String, Vec<Check>), String> {
-    let query: Vec<(String, String)> = request
-        .query
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let param = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let query = Query::parse(request.query);
+    let param = |name: &str| query.get(name);
     let subresources: Vec<&str> = query
-        .iter()
-        .map(|(k, _)| k.as_str())
+        .names()
         .filter(|k| !S3_PLAIN_QUERY.contains(k))
         .collect();
     let (bucket, key) = s3_target(request.path)?;

@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::http_server::LocalServer;
+use crate::http_server::{LocalServer, Query};
 
 /// The generated bucket.
 #[derive(Clone, Debug)]
@@ -120,16 +120,8 @@ struct State {
 async fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let bucket = &state.bucket;
     let path = request.uri().path().trim_matches('/').to_string();
-    let query: Vec<(String, String)> =
-        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let get = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let query = Query::parse(request.uri().query());
+    let get = |name: &str| query.get(name);
     let listing = get("list-type") == Some("2") && path == bucket.bucket;
     let (status, body) = match &state.upstream {
         _ if listing => {
