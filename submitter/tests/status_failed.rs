@@ -7,22 +7,14 @@
 
 mod common;
 
-use common::Fixture;
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
+use common::{strings, Fixture};
 
 #[tokio::test]
 async fn status_names_the_failed_children_and_exits_4() {
     std::env::set_var("MOTO_SIMPLE_BATCH_FAIL_AFTER", "0");
     let f = Fixture::new().await;
-    f.put_all(
-        &f.bucket,
-        &strings(&["f/1.jpg", "f/2.jpg", "g/3.jpg"]),
-        b"x",
-    )
-    .await;
+    f.put_all(&f.bucket, &["f/1.jpg", "f/2.jpg", "g/3.jpg"], b"x")
+        .await;
 
     // An array job of two children, and a plain job.
     for (prefix, per_job, expected) in [("f", "1", vec![0u64, 1]), ("g", "1", vec![0])] {

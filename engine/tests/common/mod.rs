@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use embatch_engine::ModelSpec;
-use embatch_testkit::{python, test_model};
+use embatch_testkit::{python, run_ok, test_model};
 
 /// The generated ResNet18-architecture test model's spec.
 pub fn resnet18() -> ModelSpec {
@@ -25,16 +25,9 @@ pub fn run_reference(script: &str, args: &[&std::ffi::OsStr]) -> String {
     let path = python::workspace_root()
         .join("tests/reference")
         .join(script);
-    let out = Command::new(&py)
-        .arg(&path)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(&py).arg(&path).args(args),
+        &path.display().to_string(),
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }

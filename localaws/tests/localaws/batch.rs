@@ -94,6 +94,8 @@ async fn a_childs_environment_is_the_definitions_overlaid_with_the_jobs_override
             .value(value)
             .build()
     };
+    let defined = vec![kv("FROM_DEFINITION", "kept"), kv("FOO", "overridden")];
+    let overridden = vec![kv("FOO", "from-job"), kv("EMBATCH_MANIFEST_OFFSET", "4")];
     batch
         .register_job_definition()
         .job_definition_name("with-env")
@@ -103,8 +105,7 @@ async fn a_childs_environment_is_the_definitions_overlaid_with_the_jobs_override
                 .image("embatch-worker:local")
                 .resource_requirements(resource(ResourceType::Vcpu, "1"))
                 .resource_requirements(resource(ResourceType::Memory, "512"))
-                .environment(kv("FROM_DEFINITION", "kept"))
-                .environment(kv("FOO", "overridden"))
+                .set_environment(Some(defined))
                 .build(),
         )
         .send()
@@ -118,8 +119,7 @@ async fn a_childs_environment_is_the_definitions_overlaid_with_the_jobs_override
         .array_properties(ArrayProperties::builder().size(2).build())
         .container_overrides(
             ContainerOverrides::builder()
-                .environment(kv("FOO", "from-job"))
-                .environment(kv("EMBATCH_MANIFEST_OFFSET", "4"))
+                .set_environment(Some(overridden))
                 .build(),
         )
         .send()

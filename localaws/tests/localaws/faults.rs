@@ -7,7 +7,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use embatch_localaws::emulator::{sdk_config_for, unique_name};
-use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::faults::{Fault, FaultRule, Match};
 use embatch_localaws::Emulator;
 
 /// A client with `attempts` attempts of at most 500 ms each (short, so the delay fault is seen
@@ -83,7 +83,7 @@ async fn s3_faults_reach_the_client_and_are_counted() {
         FaultRule::new(Match::s3_get(), Fault::Reset).limit(1),
         FaultRule::new(Match::s3_get(), Fault::Delay(Duration::from_millis(1500))).limit(1),
     ];
-    let proxy = FaultProxy::start(&emulator.endpoint(), FaultPlan { seed: 1, rules }).unwrap();
+    let proxy = emulator.fault_proxy(1, rules);
     let client = s3(&proxy.endpoint(), 1).await;
 
     // Rules fire in order, one each: the client sees each failure in turn.
@@ -115,14 +115,10 @@ async fn s3_faults_reach_the_client_and_are_counted() {
     }
 
     // The SDK's own retries get through the same faults.
-    let proxy2 = FaultProxy::start(
-        &emulator.endpoint(),
-        FaultPlan {
-            seed: 2,
-            rules: vec![FaultRule::new(Match::s3_get(), Fault::Throttle).limit(2)],
-        },
-    )
-    .unwrap();
+    let proxy2 = emulator.fault_proxy(
+        2,
+        [FaultRule::new(Match::s3_get(), Fault::Throttle).limit(2)],
+    );
     let patient2 = s3(&proxy2.endpoint(), 4).await;
     assert_eq!(get(&patient2, &bucket).await.unwrap(), body);
     assert_eq!(proxy2.counts().operation("S3 GET"), 3);
@@ -132,17 +128,8 @@ async fn s3_faults_reach_the_client_and_are_counted() {
 async fn other_requests_pass_through_untouched() {
     let emulator = Emulator::start().unwrap();
     let (bucket, body) = bucket_with_object(&emulator).await;
-    let proxy = FaultProxy::start(
-        &emulator.endpoint(),
-        FaultPlan {
-            seed: 9,
-            rules: vec![FaultRule::new(
-                Match::s3_get_under(&bucket, "other/"),
-                Fault::Reset,
-            )],
-        },
-    )
-    .unwrap();
+    let fault = FaultRule::new(Match::s3_get_under(&bucket, "other/"), Fault::Reset);
+    let proxy = emulator.fault_proxy(9, [fault]);
     let client = s3(&proxy.endpoint(), 1).await;
     assert_eq!(get(&client, &bucket).await.unwrap(), body);
     let listed = client
@@ -158,14 +145,8 @@ async fn other_requests_pass_through_untouched() {
 
 /// Sends the same sequence of S3 GETs through a fresh proxy; returns which failed.
 async fn outcomes(emulator: &Emulator, bucket: &str, seed: u64) -> Vec<bool> {
-    let proxy = FaultProxy::start(
-        &emulator.endpoint(),
-        FaultPlan {
-            seed,
-            rules: vec![FaultRule::new(Match::s3_get(), Fault::Status(503)).probability(0.5)],
-        },
-    )
-    .unwrap();
+    let flaky = FaultRule::new(Match::s3_get(), Fault::Status(503)).probability(0.5);
+    let proxy = emulator.fault_proxy(seed, [flaky]);
     let client = s3(&proxy.endpoint(), 1).await;
     let mut failed = Vec::new();
     for _ in 0..40 {
@@ -198,14 +179,8 @@ async fn the_same_seed_makes_the_same_decisions() {
 async fn a_child_process_can_use_the_proxy_through_its_environment() {
     let emulator = Emulator::start().unwrap();
     let (bucket, _) = bucket_with_object(&emulator).await;
-    let proxy = FaultProxy::start(
-        &emulator.endpoint(),
-        FaultPlan {
-            seed: 4,
-            rules: vec![FaultRule::new(Match::s3_get(), Fault::Throttle).limit(1)],
-        },
-    )
-    .unwrap();
+    let fault = FaultRule::new(Match::s3_get(), Fault::Throttle).limit(1);
+    let proxy = emulator.fault_proxy(4, [fault]);
     let python = embatch_localaws::python::interpreter().unwrap();
     // A blocking child: the proxy runs on its own thread, so it keeps answering.
     let script = format!(

@@ -11,6 +11,11 @@ use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::batch::{create_resources, BatchResources};
 use embatch_localaws::fixture::{get_bytes, list_keys, put_bytes, Cloud};
 
+/// Owned copies of `args` (for [`Fixture::embatch`]'s arguments).
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 pub struct Fixture {
     /// The emulator, bucket and table (reached through `Deref`).
     pub cloud: Cloud,
@@ -58,10 +63,10 @@ impl Fixture {
     }
 
     /// Puts `keys` into `bucket`, each holding `body`, 32 at a time.
-    pub async fn put_all(&self, bucket: &str, keys: &[String], body: &[u8]) {
+    pub async fn put_all(&self, bucket: &str, keys: &[impl AsRef<str> + Sync], body: &[u8]) {
         futures::stream::iter(keys)
             .map(|key| async move {
-                put_bytes(&self.s3, &S3Uri::new(bucket, key.as_str()), body).await
+                put_bytes(&self.s3, &S3Uri::new(bucket, key.as_ref()), body).await
             })
             .buffer_unordered(32)
             .collect::<Vec<_>>()
@@ -126,9 +131,10 @@ impl Fixture {
         list_keys(&self.s3, bucket, prefix).await
     }
 
-    /// How many jobs are in the fixture's queue, over every state.
-    pub async fn jobs_in_queue(&self) -> usize {
-        let mut n = 0;
+    /// The ids of every job in the fixture's queue, over every state (the emulator lists
+    /// array children too, as `<id>:<index>`).
+    pub async fn job_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
         for status in aws_sdk_batch::types::JobStatus::values() {
             let out = self
                 .batch
@@ -138,9 +144,22 @@ impl Fixture {
                 .send()
                 .await
                 .unwrap();
-            n += out.job_summary_list().len();
+            let listed = out.job_summary_list().iter();
+            ids.extend(listed.map(|j| j.job_id().unwrap_or_default().to_string()));
         }
-        n
+        ids
+    }
+
+    /// Asserts the submitter left no trace: nothing under `embatch-runs/`, no job.
+    pub async fn assert_nothing_written_or_submitted(&self) {
+        let written = self.keys(&self.bucket, "embatch-runs/").await;
+        assert!(written.is_empty(), "written: {written:?}");
+        assert_eq!(self.jobs_in_queue().await, 0, "a job submitted");
+    }
+
+    /// How many jobs are in the fixture's queue, over every state.
+    pub async fn jobs_in_queue(&self) -> usize {
+        self.job_ids().await.len()
     }
 
     pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {

@@ -23,8 +23,7 @@ async fn store(f: &Fixture, records: Vec<VectorRecord>) {
 }
 
 async fn submit(f: &Fixture, extra: &[&str]) -> common::Output {
-    f.put_all(&f.bucket, &["images/a.jpg".to_string()], b"x")
-        .await;
+    f.put_all(&f.bucket, &["images/a.jpg"], b"x").await;
     let mut args = f.submit_args();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push("images/".into());
@@ -55,11 +54,7 @@ async fn a_run_of_another_model_than_the_tables_is_refused_unless_replace_model(
             refused.stderr
         );
     }
-    assert!(
-        f.keys(&f.bucket, "embatch-runs/").await.is_empty(),
-        "nothing written"
-    );
-    assert_eq!(f.jobs_in_queue().await, 0, "nothing submitted");
+    f.assert_nothing_written_or_submitted().await;
 
     let replaced = submit(&f, &["--replace-model"]).await;
     assert_eq!(replaced.code, 0, "{}", replaced.stderr);

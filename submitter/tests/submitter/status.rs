@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::Fixture;
+use common::{strings, Fixture};
 use embatch_formats::report::{ChildSummary, FailureLine};
 use embatch_formats::run::RunLayout;
 use embatch_formats::s3uri::S3Uri;
@@ -10,16 +10,12 @@ use embatch_localaws::faults::{FaultPlan, FaultProxy};
 use embatch_submitter::status::{run_status, ReportCache};
 use embatch_submitter::Clients;
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
-}
-
 #[tokio::test]
 async fn status_sums_the_reports_of_succeeded_children() {
     let f = Fixture::new().await;
     f.put_all(
         &f.bucket,
-        &strings(&["s/1.jpg", "s/2.jpg", "s/3.jpg", "s/4.jpg", "s/5.jpg"]),
+        &["s/1.jpg", "s/2.jpg", "s/3.jpg", "s/4.jpg", "s/5.jpg"],
         b"x",
     )
     .await;

@@ -15,14 +15,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use embatch_formats::manifest::{to_jsonl, ManifestLine};
-use embatch_formats::run::{exit, RunLayout};
+use embatch_formats::run::{exit, RunLayout, SubmittedJob};
 use embatch_formats::s3uri::S3Uri;
-use embatch_localaws::batch::Player;
+use embatch_localaws::batch::{assert_all_succeeded, Player};
 use embatch_localaws::faults::{FaultPlan, FaultProxy};
 use embatch_localaws::fixture::put_bytes;
 use embatch_localaws::iam::{self, Decision, Iam, NamedPolicy, Principal};
 use embatch_localaws::inventory_report::{self, Format};
-use embatch_localaws::{bins, python, sample, test_model, Emulator};
+use embatch_localaws::{bins, python, run_ok, sample, test_model, Emulator};
 use serde::Deserialize;
 
 /// What deploy/deployed_policies.py prints.
@@ -268,12 +268,8 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
     assert_eq!(summary["images"], images);
     let run_id = summary["run_id"].as_str().unwrap().to_string();
     submit_from_an_inventory(emulator, o, &submitter, &args, images).await;
-    let job_ids: Vec<String> = summary["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["job_id"].as_str().unwrap().to_string())
-        .collect();
+    let jobs: Vec<SubmittedJob> = serde_json::from_value(summary["jobs"].clone()).unwrap();
+    let job_ids: Vec<String> = jobs.into_iter().map(|j| j.job_id.unwrap()).collect();
 
     // Deleted between listing and embedding: with s3:ListBucket the worker learns "missing"
     // (404), not "denied" (403).
@@ -294,15 +290,7 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
     }
     let children = player.play(&batch, &job_ids).await.unwrap();
     assert_eq!(children.len(), images.div_ceil(3));
-    for child in &children {
-        assert!(
-            child.success(),
-            "{} exited {:?}: {}",
-            child.job_id,
-            child.exit_code,
-            child.stderr
-        );
-    }
+    assert_all_succeeded(&children);
 
     // `embatch status`: two images failed (corrupt, deleted), so it exits 5 unless told to
     // accept failed images.
@@ -408,7 +396,8 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
     );
 
     // The original sample's documented Python reader, as the reader.
-    let python = std::process::Command::new(python::interpreter().unwrap())
+    let mut python = std::process::Command::new(python::interpreter().unwrap());
+    python
         .args([
             "-c",
             "import boto3, numpy as np, sys\n\
@@ -419,14 +408,8 @@ async fn flows(emulator: &Emulator, deployment: &Deployment) -> Arc<Iam> {
             &keys[0],
         ])
         .env_clear()
-        .envs(reader.iter().cloned())
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "the sample's reader: {}",
-        String::from_utf8_lossy(&python.stderr)
-    );
+        .envs(reader.iter().cloned());
+    run_ok(&mut python, "the sample's reader");
     enforcement
 }
 

@@ -8,9 +8,9 @@ use std::process::Stdio;
 
 use embatch_formats::manifest::{parse_jsonl, ManifestLine};
 use embatch_formats::report::{ChildSummary, FailureLine};
-use embatch_formats::run::RunLayout;
+use embatch_formats::run::{RunLayout, SubmittedJob};
 use embatch_formats::s3uri::S3Uri;
-use embatch_localaws::batch::{create_resources, Player};
+use embatch_localaws::batch::{assert_all_succeeded, create_resources, Player};
 use embatch_localaws::emulator::unique_name;
 use embatch_localaws::fixture::{get_bytes, put_bytes};
 use embatch_localaws::{bins, sample, test_model, Emulator};
@@ -97,12 +97,8 @@ async fn submitted_manifests_are_what_the_worker_embeds() {
     let manifests = images.div_ceil(4);
     assert_eq!(submitted["manifests"], manifests);
     let run_id = submitted["run_id"].as_str().unwrap().to_string();
-    let job_ids: Vec<String> = submitted["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["job_id"].as_str().unwrap().to_string())
-        .collect();
+    let jobs: Vec<SubmittedJob> = serde_json::from_value(submitted["jobs"].clone()).unwrap();
+    let job_ids: Vec<String> = jobs.into_iter().map(|j| j.job_id.unwrap()).collect();
     assert_eq!(job_ids.len(), 1);
     assert_eq!(submitted["jobs"][0]["array_size"], manifests);
 
@@ -113,15 +109,7 @@ async fn submitted_manifests_are_what_the_worker_embeds() {
         .await
         .unwrap();
     assert_eq!(runs.len(), manifests);
-    for run in &runs {
-        assert!(
-            run.success(),
-            "child {} exited {:?}:\n{}",
-            run.job_id,
-            run.exit_code,
-            run.stderr
-        );
-    }
+    assert_all_succeeded(&runs);
 
     // Every manifest line ends as a vector from that very object, or as a recorded failure.
     let layout =

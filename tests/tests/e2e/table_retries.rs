@@ -6,7 +6,7 @@ use crate::table_common;
 use std::collections::HashSet;
 
 use embatch_aws::client::SDK_MAX_ATTEMPTS;
-use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::faults::{Fault, FaultProxy, FaultRule, Match};
 use table_common::*;
 
 /// The writer's pacer at test speed: the proxy's faults do not ease when it slows down.
@@ -19,7 +19,7 @@ use futures::StreamExt;
 /// Every fault kind once, in arrival order and spaced out, then throttling and partial
 /// batches at random. 5xx and resets only once each: the SDK's five attempts outlast a few,
 /// not a third of all requests failing.
-fn chaos(seed: u64, operation: &str) -> FaultPlan {
+fn chaos(operation: &str) -> Vec<FaultRule> {
     let on = || Match::dynamodb(operation);
     let once = [
         Fault::Throttle,
@@ -39,10 +39,61 @@ fn chaos(seed: u64, operation: &str) -> FaultPlan {
     ]
     .into_iter()
     .map(|(fault, p)| FaultRule::new(on(), fault).probability(p));
-    FaultPlan {
-        seed,
-        rules: once.chain(random).collect(),
-    }
+    once.chain(random).collect()
+}
+
+/// `n` records of `dimension` written through [`chaos`] with `max_in_flight` requests: the
+/// setup, the proxy and what was written.
+async fn write_through_chaos(
+    seed: u64,
+    n: usize,
+    dimension: usize,
+    max_in_flight: usize,
+) -> (Setup, FaultProxy, Vec<VectorRecord>) {
+    let s = setup().await;
+    let proxy = s.emulator.fault_proxy(seed, chaos("BatchWriteItem"));
+    let writer = writer(client(&proxy.endpoint()).await, &s, max_in_flight, 40);
+    let written = records(n, dimension, "chaos");
+    writer.write(written.clone()).await.unwrap();
+    (s, proxy, written)
+}
+
+/// A writer on `c` with `attempts` of our retries and the test pace.
+fn writer(
+    c: aws_sdk_dynamodb::Client,
+    s: &Setup,
+    max_in_flight: usize,
+    attempts: u32,
+) -> TableWriter {
+    let retry = fast_retry(attempts);
+    let config = WriterConfig {
+        max_in_flight,
+        retry,
+        max_pace: FAST_PACE,
+    };
+    TableWriter::new(c, &s.table, config)
+}
+
+/// A proxy injecting `fault` into every BatchWriteItem, and a [`writer`] through it.
+async fn every_write_faulted(
+    s: &Setup,
+    fault: Fault,
+    max_in_flight: usize,
+    attempts: u32,
+) -> (FaultProxy, TableWriter) {
+    let rule = FaultRule::new(Match::dynamodb("BatchWriteItem"), fault);
+    let proxy = s.emulator.fault_proxy(1, [rule]);
+    let writer = writer(client(&proxy.endpoint()).await, s, max_in_flight, attempts);
+    (proxy, writer)
+}
+
+/// A reader on `c` with `attempts` of our retries.
+fn reader(c: aws_sdk_dynamodb::Client, s: &Setup, attempts: u32) -> TableReader {
+    let config = ReaderConfig {
+        retry: fast_retry(attempts),
+        ..Default::default()
+    };
+    TableReader::with_config(c, &s.table, config)
 }
 
 async fn stored(s: &Setup) -> Vec<VectorRecord> {
@@ -57,16 +108,7 @@ async fn stored(s: &Setup) -> Vec<VectorRecord> {
 
 #[tokio::test]
 async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing() {
-    let s = setup().await;
-    let proxy = FaultProxy::start(&s.emulator.endpoint(), chaos(11, "BatchWriteItem")).unwrap();
-    let config = WriterConfig {
-        max_in_flight: 4,
-        retry: fast_retry(40),
-        max_pace: FAST_PACE,
-    };
-    let writer = TableWriter::new(client(&proxy.endpoint()).await, &s.table, config);
-    let written = records(2000, 512, "chaos");
-    writer.write(written.clone()).await.unwrap();
+    let (s, proxy, written) = write_through_chaos(11, 2000, 512, 4).await;
 
     let counts = proxy.counts();
     for kind in [
@@ -76,10 +118,7 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
         "reset",
         "unprocessed",
     ] {
-        assert!(
-            counts.by_kind.get(kind).copied().unwrap_or(0) > 0,
-            "no {kind} injected: {counts:?}"
-        );
+        assert!(counts.kind(kind) > 0, "no {kind} injected: {counts:?}");
     }
     assert!(counts.withheld > 100, "{counts:?}");
     assert_eq!(counts.largest_batch["BatchWriteItem"], 25);
@@ -90,11 +129,7 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
         "{counts:?}"
     );
 
-    let all = stored(&s).await;
-    assert_eq!(all.len(), 2000);
-    for (got, want) in all.iter().zip(&written) {
-        assert_same(got, want);
-    }
+    assert_all_same(&stored(&s).await, &written);
 }
 
 /// One retry layer per failure class (embatch_aws::retry): a 5xx that never ends costs
@@ -102,21 +137,11 @@ async fn writes_under_throttling_and_partial_batches_lose_and_duplicate_nothing(
 #[tokio::test]
 async fn a_persistent_5xx_costs_exactly_the_sdks_attempts_per_request() {
     let s = setup().await;
-    let proxy = FaultProxy::start(
-        &s.emulator.endpoint(),
-        FaultPlan {
-            seed: 2,
-            rules: vec![FaultRule::new(Match::Any, Fault::Status(500))],
-        },
-    )
-    .unwrap();
+    let proxy = s
+        .emulator
+        .fault_proxy(2, [FaultRule::new(Match::Any, Fault::Status(500))]);
     let c = client(&proxy.endpoint()).await;
-    let config = WriterConfig {
-        max_in_flight: 1,
-        retry: fast_retry(10),
-        max_pace: FAST_PACE,
-    };
-    let e = TableWriter::new(c.clone(), &s.table, config)
+    let e = writer(c.clone(), &s, 1, 10)
         .write(records(30, 4, "down"))
         .await
         .unwrap_err();
@@ -130,14 +155,7 @@ async fn a_persistent_5xx_costs_exactly_the_sdks_attempts_per_request() {
         "2 batches"
     );
 
-    let reader = TableReader::with_config(
-        c,
-        &s.table,
-        ReaderConfig {
-            retry: fast_retry(10),
-            ..Default::default()
-        },
-    );
+    let reader = reader(c, &s, 10);
     assert!(reader.get(&["a"]).await.unwrap_err().is_transient());
     assert_eq!(proxy.counts().operation("BatchGetItem"), sdk);
     let scanned: Vec<_> = reader.scan(1).collect().await;
@@ -151,26 +169,7 @@ async fn a_persistent_5xx_costs_exactly_the_sdks_attempts_per_request() {
 #[tokio::test]
 async fn persistent_throttling_costs_the_sdks_attempts_times_ours() {
     let s = setup().await;
-    let proxy = FaultProxy::start(
-        &s.emulator.endpoint(),
-        FaultPlan {
-            seed: 4,
-            rules: vec![FaultRule::new(
-                Match::dynamodb("BatchWriteItem"),
-                Fault::Throttle,
-            )],
-        },
-    )
-    .unwrap();
-    let writer = TableWriter::new(
-        client(&proxy.endpoint()).await,
-        &s.table,
-        WriterConfig {
-            max_in_flight: 1,
-            retry: fast_retry(4),
-            max_pace: FAST_PACE,
-        },
-    );
+    let (proxy, writer) = every_write_faulted(&s, Fault::Throttle, 1, 4).await;
     let e = writer.write(records(10, 4, "slow")).await.unwrap_err();
     assert!(e.transient, "{e}");
     assert!(
@@ -186,25 +185,9 @@ async fn persistent_throttling_costs_the_sdks_attempts_times_ours() {
 
 #[tokio::test]
 async fn sdk_retries_and_ours_together_store_everything() {
-    let s = setup().await;
-    let proxy = FaultProxy::start(&s.emulator.endpoint(), chaos(5, "BatchWriteItem")).unwrap();
-    let writer = TableWriter::new(
-        client(&proxy.endpoint()).await,
-        &s.table,
-        WriterConfig {
-            max_in_flight: 8,
-            retry: fast_retry(40),
-            max_pace: FAST_PACE,
-        },
-    );
-    let written = records(500, 1280, "both");
-    writer.write(written.clone()).await.unwrap();
+    let (s, proxy, written) = write_through_chaos(5, 500, 1280, 8).await;
     assert!(proxy.counts().injected() > 10, "{:?}", proxy.counts());
-    let all = stored(&s).await;
-    assert_eq!(all.len(), 500);
-    for (got, want) in all.iter().zip(&written) {
-        assert_same(got, want);
-    }
+    assert_all_same(&stored(&s).await, &written);
 }
 
 #[tokio::test]
@@ -216,13 +199,13 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
         .await
         .unwrap();
 
-    let mut plan = chaos(23, "BatchGetItem");
-    plan.rules.extend([
+    let mut rules = chaos("BatchGetItem");
+    rules.extend([
         // One 500 (on a call's first attempt) and two throttles: the SDK retries them all.
         FaultRule::new(Match::dynamodb("Scan"), Fault::Status(500)).limit(1),
         FaultRule::new(Match::dynamodb("Scan"), Fault::Throttle).limit(2),
     ]);
-    let proxy = FaultProxy::start(&s.emulator.endpoint(), plan).unwrap();
+    let proxy = s.emulator.fault_proxy(23, rules);
     let reader = TableReader::with_config(
         client(&proxy.endpoint()).await,
         &s.table,
@@ -236,10 +219,7 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
     ids.push("missing-one".into());
     let fetched = reader.get(&ids).await.unwrap();
     assert_eq!(fetched.missing, vec!["missing-one"]);
-    assert_eq!(fetched.found.len(), 1000);
-    for (got, want) in fetched.found.iter().zip(&written) {
-        assert_same(got, want);
-    }
+    assert_all_same(&fetched.found, &written);
     let provenance = reader.provenance(&ids).await.unwrap();
     assert_eq!(provenance.len(), 1000);
     assert_eq!(
@@ -255,10 +235,7 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
 
     let mut scanned: Vec<VectorRecord> = reader.scan(4).map(|r| r.unwrap()).collect().await;
     scanned.sort_by(|a, b| a.image_id.cmp(&b.image_id));
-    assert_eq!(scanned.len(), 1000);
-    for (got, want) in scanned.iter().zip(&written) {
-        assert_same(got, want);
-    }
+    assert_all_same(&scanned, &written);
     let counts = proxy.counts();
     assert_eq!(counts.per_rule[9], 1, "{counts:?}");
     assert_eq!(counts.per_rule[10], 2, "{counts:?}");
@@ -268,26 +245,7 @@ async fn reads_under_throttling_and_unprocessed_keys_return_everything() {
 async fn a_spent_retry_budget_names_exactly_the_items_not_written() {
     let s = setup().await;
     // Every BatchWriteItem stores only part of its items: no batch can ever finish.
-    let proxy = FaultProxy::start(
-        &s.emulator.endpoint(),
-        FaultPlan {
-            seed: 3,
-            rules: vec![FaultRule::new(
-                Match::dynamodb("BatchWriteItem"),
-                Fault::Unprocessed,
-            )],
-        },
-    )
-    .unwrap();
-    let writer = TableWriter::new(
-        client(&proxy.endpoint()).await,
-        &s.table,
-        WriterConfig {
-            max_in_flight: 4,
-            retry: fast_retry(3),
-            max_pace: FAST_PACE,
-        },
-    );
+    let (proxy, writer) = every_write_faulted(&s, Fault::Unprocessed, 4, 3).await;
     let written = records(100, 512, "budget");
     let e = writer.write(written.clone()).await.unwrap_err();
 
@@ -318,27 +276,14 @@ async fn a_spent_retry_budget_names_exactly_the_items_not_written() {
 #[tokio::test]
 async fn endless_throttling_ends_in_a_transient_error_for_every_item() {
     let s = setup().await;
-    let proxy = FaultProxy::start(
-        &s.emulator.endpoint(),
-        FaultPlan {
-            seed: 1,
-            rules: vec![FaultRule::new(Match::Any, Fault::Throttle)],
-        },
-    )
-    .unwrap();
+    let proxy = s
+        .emulator
+        .fault_proxy(1, [FaultRule::new(Match::Any, Fault::Throttle)]);
     let c = client_without_sdk_retries(&proxy.endpoint()).await;
-    let e = TableWriter::new(
-        c.clone(),
-        &s.table,
-        WriterConfig {
-            max_in_flight: 2,
-            retry: fast_retry(4),
-            max_pace: FAST_PACE,
-        },
-    )
-    .write(records(30, 4, "throttled"))
-    .await
-    .unwrap_err();
+    let e = writer(c.clone(), &s, 2, 4)
+        .write(records(30, 4, "throttled"))
+        .await
+        .unwrap_err();
     assert_eq!(e.unwritten.len(), 30);
     assert!(e.transient);
     assert!(
@@ -347,14 +292,7 @@ async fn endless_throttling_ends_in_a_transient_error_for_every_item() {
     );
     assert!(stored(&s).await.is_empty());
 
-    let reader = TableReader::with_config(
-        c,
-        &s.table,
-        ReaderConfig {
-            retry: fast_retry(4),
-            ..Default::default()
-        },
-    );
+    let reader = reader(c, &s, 4);
     let e = reader.get(&["a", "b"]).await.unwrap_err();
     assert!(
         matches!(

@@ -9,6 +9,7 @@ use embatch_records::vector::{encode_f32_le, VectorRecord};
 use serde_json::Value;
 
 use crate::common::{cli, finite, python, stdout, store};
+use embatch_localaws::run_ok;
 
 /// The sample's reader, verbatim in its essentials, via the boto3 resource API (whose
 /// TypeDeserializer makes `Vector` a `boto3.dynamodb.types.Binary`) and via the low-level
@@ -58,15 +59,15 @@ async fn the_original_samples_python_reader_gets_bit_identical_vectors() {
             .args(["-c", SAMPLE_READER, &s.table])
             .envs(s.emulator.env()),
     );
-    let read: HashMap<String, String> = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(read.len(), written.len());
-    for record in &written {
-        assert_eq!(
-            read[&record.image_id],
-            hex::encode(encode_f32_le(&record.vector)),
-            "{}",
-            record.image_id
-        );
+    assert_hex_vectors(&serde_json::from_str(&stdout).unwrap(), &written);
+}
+
+/// Asserts `hex` holds each record's vector bytes, in hex, under its id, and nothing else.
+fn assert_hex_vectors(hex: &HashMap<String, String>, written: &[VectorRecord]) {
+    assert_eq!(hex.len(), written.len(), "every id once");
+    for record in written {
+        let want = hex::encode(encode_f32_le(&record.vector));
+        assert_eq!(hex[&record.image_id], want, "{:?}", record.image_id);
     }
 }
 
@@ -78,17 +79,12 @@ async fn export_writes_a_matrix_numpy_loads_and_ids_in_row_order() {
     store(&s, written.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");
-    let stderr = cli(&s)
-        .args(["export", "--out", out.to_str().unwrap(), "--segments", "3"])
-        .output()
-        .unwrap();
+    let export = ["export", "--out", out.to_str().unwrap(), "--segments", "3"];
+    let exported = run_ok(cli(&s).args(export), "export");
+    let stderr = String::from_utf8_lossy(&exported.stderr);
     assert!(
-        stderr.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stderr.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&stderr.stderr).contains("exported 301 vectors of dimension 512")
+        stderr.contains("exported 301 vectors of dimension 512"),
+        "{stderr}"
     );
     let leftovers: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
@@ -118,16 +114,11 @@ print(json.dumps({"shape": list(vectors.shape), "dtype": str(vectors.dtype),
     assert_eq!(loaded["shape"], serde_json::json!([301, 512]));
     assert_eq!(loaded["dtype"], "float32");
     assert_eq!(loaded["c_order"], true);
-    let rows = loaded["rows"].as_object().unwrap();
-    assert_eq!(rows.len(), 301, "every id once, the odd one intact");
-    for record in &written {
-        assert_eq!(
-            rows[&record.image_id],
-            hex::encode(encode_f32_le(&record.vector)),
-            "{:?}",
-            record.image_id
-        );
-    }
+    // Every id once, the odd one intact.
+    assert_hex_vectors(
+        &serde_json::from_value(loaded["rows"].clone()).unwrap(),
+        &written,
+    );
 }
 
 #[tokio::test]

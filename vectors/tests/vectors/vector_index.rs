@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::process::Output;
 
 use aws_sdk_s3vectors::types::VectorData;
-use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::faults::{Fault, FaultRule, Match};
 use embatch_localaws::fixture::{record, Cloud};
 use embatch_records::vector::VectorRecord;
 
@@ -45,15 +45,15 @@ fn contents(n: u64) -> Vec<VectorRecord> {
     all
 }
 
-async fn s3vectors(s: &Cloud) -> aws_sdk_s3vectors::Client {
+/// A cloud whose table holds [`contents`]`(n)`, with a vector bucket and a client for it.
+async fn stocked(n: u64) -> (Cloud, aws_sdk_s3vectors::Client, Vec<VectorRecord>) {
+    let s = Cloud::start().await;
     let client = aws_sdk_s3vectors::Client::new(&s.config);
-    client
-        .create_vector_bucket()
-        .vector_bucket_name(BUCKET)
-        .send()
-        .await
-        .unwrap();
-    client
+    let bucket = client.create_vector_bucket().vector_bucket_name(BUCKET);
+    bucket.send().await.unwrap();
+    let written = contents(n);
+    store(&s, written.clone()).await;
+    (s, client, written)
 }
 
 /// Every key of `index` with its vector and metadata.
@@ -90,10 +90,7 @@ async fn listed(
 
 #[tokio::test]
 async fn the_index_gets_every_vector_once_under_throttling_and_a_rerun_writes_only_changes() {
-    let s = Cloud::start().await;
-    let client = s3vectors(&s).await;
-    let written = contents(1_203);
-    store(&s, written.clone()).await;
+    let (s, client, written) = stocked(1_203).await;
     let endpoint = s.emulator.endpoint();
 
     let missing = cli(
@@ -117,14 +114,7 @@ async fn the_index_gets_every_vector_once_under_throttling_and_a_rerun_writes_on
         ),
     )
     .limit(8);
-    let proxy = FaultProxy::start(
-        &endpoint,
-        FaultPlan {
-            seed: 3,
-            rules: vec![throttled],
-        },
-    )
-    .unwrap();
+    let proxy = s.emulator.fault_proxy(3, [throttled]);
     let args = [
         "index",
         "--vector-bucket",
@@ -188,10 +178,7 @@ async fn the_index_gets_every_vector_once_under_throttling_and_a_rerun_writes_on
 
 #[tokio::test]
 async fn a_parquet_export_loads_as_the_table_does() {
-    let s = Cloud::start().await;
-    let client = s3vectors(&s).await;
-    let written = contents(40);
-    store(&s, written.clone()).await;
+    let (s, client, written) = stocked(40).await;
     let endpoint = s.emulator.endpoint();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");

@@ -10,7 +10,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::process::Command;
 
-use embatch_localaws::python;
+use embatch_localaws::{python, run_ok};
 use image::codecs::gif::{GifEncoder, Repeat};
 use image::{DynamicImage, Frame, ImageBuffer, ImageFormat, Rgb, RgbImage};
 
@@ -121,16 +121,11 @@ for o in range(1, 9):
 m.stored_for(upright, 6).save(out / "exif_6_stripped.jpg", quality=95)
 m.picture(480, 360, 8).convert("CMYK").save(out / "cmyk.jpg", quality=92)
 "#;
-    let out = Command::new(python::interpreter().expect("the project's Python"))
+    let mut python = Command::new(python::interpreter().expect("the project's Python"));
+    python
         .arg("-c")
         .arg(SCRIPT)
         .arg(python::workspace_root().join("tests/reference"))
-        .arg(dir)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "make_images generators failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(dir);
+    run_ok(&mut python, "make_images generators");
 }

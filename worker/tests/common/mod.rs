@@ -9,14 +9,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::Select;
 use embatch_engine::{Engine, Limits, ModelSpec};
 use embatch_formats::manifest::{to_jsonl, ManifestLine};
 use embatch_formats::report::{ChildSummary, FailureLine};
 use embatch_formats::run::{env, RunLayout};
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::unique_name;
-use embatch_localaws::fixture::{put_bytes, Cloud};
+use embatch_localaws::fixture::{put_bytes, raw_items, Cloud};
 use embatch_localaws::{test_model, Emulator};
 use embatch_records::reader::TableReader;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
@@ -78,6 +77,18 @@ impl Fixture {
         put_bytes(&self.s3, &self.layout.manifest(n), &to_jsonl(lines)).await;
     }
 
+    /// [`upload_many`] and manifest `n` listing what it uploaded.
+    pub async fn upload_manifest(
+        &self,
+        n: usize,
+        prefix: &str,
+        images: u32,
+    ) -> (Vec<ManifestLine>, Vec<(String, Vec<u8>)>) {
+        let (lines, images) = upload_many(self, prefix, images).await;
+        self.put_manifest(n, &lines).await;
+        (lines, images)
+    }
+
     /// The worker as AWS Batch starts array child `index` of a job with manifest offset 0,
     /// talking to `endpoint` (the emulator or a fault proxy in front of it).
     pub fn worker_via(&self, endpoint_env: Vec<(String, String)>, index: usize) -> Command {
@@ -120,25 +131,16 @@ impl Fixture {
 
     /// Items in the table now.
     pub async fn stored(&self) -> usize {
-        let mut count = 0;
-        let mut start = None;
-        loop {
-            let out = self
-                .dynamodb
-                .scan()
-                .table_name(&self.table)
-                .select(Select::Count)
-                .set_exclusive_start_key(start)
-                .consistent_read(true)
-                .send()
-                .await
-                .unwrap();
-            count += out.count() as usize;
-            start = out.last_evaluated_key().cloned();
-            if start.is_none() {
-                return count;
-            }
-        }
+        raw_items(&self.dynamodb, &self.table).await.len()
+    }
+
+    /// Asserts child `n`'s summary counts all `images` written and none failed, and the table
+    /// holds one item each.
+    pub async fn assert_all_written(&self, n: usize, images: usize, stderr: &str) {
+        let summary = self.summary(n).await;
+        let counts = (summary.written, summary.failed);
+        assert_eq!(counts, (images as u64, 0), "{stderr}");
+        assert_eq!(self.stored().await, images, "one item per image");
     }
 
     /// Polls the table until it holds at least `n` items (the worker's observable progress).

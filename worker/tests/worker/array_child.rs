@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_engine::{Limits, ModelSpec};
 use embatch_formats::run::{env, exit};
-use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::faults::{Fault, FaultRule, Match};
 use embatch_localaws::fixture::{put_bytes, raw_items};
 use embatch_records::reader::TableReader;
 use image::ImageFormat;
@@ -269,8 +269,7 @@ async fn another_models_vectors_are_kept_unless_replace_model(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_three_points_then_a_rerun_stores_every_image_exactly_once() {
     let fx = Fixture::new().await;
-    let (lines, _) = upload_many(&fx, "many", 160).await;
-    fx.put_manifest(0, &lines).await;
+    let (lines, _) = fx.upload_manifest(0, "many", 160).await;
 
     // SIGKILL (no chance to flush) once the table holds 1, then 40, then 100 vectors: right
     // after the first write, and twice in the middle of re-runs that resumed.
@@ -314,8 +313,7 @@ async fn sigkill_at_three_points_then_a_rerun_stores_every_image_exactly_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_143_promptly_with_every_computed_vector_flushed() {
     let fx = Fixture::new().await;
-    let (lines, _) = upload_many(&fx, "term", 400).await;
-    fx.put_manifest(0, &lines).await;
+    let (lines, _) = fx.upload_manifest(0, "term", 400).await;
 
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut worker = fx
@@ -358,45 +356,32 @@ async fn sigterm_exits_143_promptly_with_every_computed_vector_flushed() {
     assert_eq!(fx.stored().await as u64, written);
     assert!(written < lines.len() as u64, "it stopped early");
     // No report for an unfinished child: its retry writes it.
-    let summary_uri = fx.layout.summary(0);
-    assert!(fx
-        .s3
-        .head_object()
-        .bucket(&summary_uri.bucket)
-        .key(&summary_uri.key)
-        .send()
-        .await
-        .is_err());
+    assert_eq!(fx.get(&fx.layout.summary(0)).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_s3_faults_and_mid_body_resets_are_retried_without_losing_an_image() {
     let fx = Fixture::new().await;
-    let (lines, _) = upload_many(&fx, "flaky", 24).await;
-    fx.put_manifest(0, &lines).await;
-    let proxy = FaultProxy::start(
-        &fx.emulator.endpoint(),
-        FaultPlan {
-            seed: 11,
-            rules: vec![
-                FaultRule::new(
-                    Match::s3_get_under(&fx.bucket, "flaky/"),
-                    Fault::ResetMidBody,
-                )
-                .limit(6),
-                FaultRule::new(Match::s3_get_under(&fx.bucket, "flaky/"), Fault::Throttle)
-                    .probability(0.2)
-                    .limit(6),
-                FaultRule::new(
-                    Match::s3_get_under(&fx.bucket, "flaky/"),
-                    Fault::Status(500),
-                )
+    let (lines, _) = fx.upload_manifest(0, "flaky", 24).await;
+    let proxy = fx.emulator.fault_proxy(
+        11,
+        [
+            FaultRule::new(
+                Match::s3_get_under(&fx.bucket, "flaky/"),
+                Fault::ResetMidBody,
+            )
+            .limit(6),
+            FaultRule::new(Match::s3_get_under(&fx.bucket, "flaky/"), Fault::Throttle)
                 .probability(0.2)
                 .limit(6),
-            ],
-        },
-    )
-    .unwrap();
+            FaultRule::new(
+                Match::s3_get_under(&fx.bucket, "flaky/"),
+                Fault::Status(500),
+            )
+            .probability(0.2)
+            .limit(6),
+        ],
+    );
     let (status, stderr) = run(fx.worker_via(proxy.env(), 0));
     assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
     let counts = proxy.counts();
@@ -409,13 +394,7 @@ async fn transient_s3_faults_and_mid_body_resets_are_retried_without_losing_an_i
             .any(|e| e["error"].as_str().unwrap().contains("failed after")),
         "a reset mid-body was retried by the worker: {retried:?}"
     );
-    let summary = fx.summary(0).await;
-    assert_eq!(
-        (summary.written, summary.failed),
-        (lines.len() as u64, 0),
-        "{stderr}"
-    );
-    assert_eq!(fx.stored().await, lines.len());
+    fx.assert_all_written(0, lines.len(), &stderr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

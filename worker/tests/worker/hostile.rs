@@ -170,40 +170,26 @@ fn corpus(python: &std::path::Path) -> Vec<Case> {
             "hostile/animated.gif",
             gif(&[picture(160, 120, 9), picture(160, 120, 40)]),
         ),
-        stored(
-            "hostile/1x1.png",
-            encode(picture(1, 1, 10), ImageFormat::Png),
-        ),
-        stored(
-            "hostile/10000x10.png",
-            encode(picture(10_000, 10, 11), ImageFormat::Png),
-        ),
-        stored(
-            "hostile/ünïcödé 日本語 🦀.jpg",
-            encode(picture(64, 48, 12), ImageFormat::Jpeg),
-        ),
-        stored(
-            "hostile/with  spaces .jpg",
-            encode(picture(64, 48, 13), ImageFormat::Jpeg),
-        ),
-        stored(
-            "hostile/100%25%.png",
-            encode(picture(64, 48, 14), ImageFormat::Png),
-        ),
-        stored(
-            "hostile/a+b=c&d?.jpg",
-            encode(picture(64, 48, 15), ImageFormat::Jpeg),
-        ),
-        stored(
-            "hostile/image id with a\nnewline.png",
-            encode(picture(64, 48, 16), ImageFormat::Png),
-        ),
-        stored(
-            key_of_1024_bytes(),
-            encode(picture(64, 48, 17), ImageFormat::Jpeg),
-        ),
-        stored("hostile/exif-6-stripped.jpg", read("exif_6_stripped.jpg")),
     ];
+    // Extreme shapes and keys no image should trip on: (key, width, height, format).
+    use ImageFormat::{Jpeg, Png};
+    let plain = [
+        ("hostile/1x1.png", 1, 1, Png),
+        ("hostile/10000x10.png", 10_000, 10, Png),
+        ("hostile/ünïcödé 日本語 🦀.jpg", 64, 48, Jpeg),
+        ("hostile/with  spaces .jpg", 64, 48, Jpeg),
+        ("hostile/100%25%.png", 64, 48, Png),
+        ("hostile/a+b=c&d?.jpg", 64, 48, Jpeg),
+        ("hostile/image id with a\nnewline.png", 64, 48, Png),
+        (&key_of_1024_bytes(), 64, 48, Jpeg),
+    ];
+    for (seed, (key, w, h, format)) in (10..).zip(plain) {
+        cases.push(stored(key, encode(picture(w, h, seed), format)));
+    }
+    cases.push(stored(
+        "hostile/exif-6-stripped.jpg",
+        read("exif_6_stripped.jpg"),
+    ));
     for o in 1..=8 {
         cases.push(stored(
             format!("hostile/exif-{o}.jpg"),
@@ -228,10 +214,15 @@ async fn hostile_files_and_keys_each_end_as_a_vector_or_a_named_failure() {
     let fx = Fixture::new().await;
     let engine = fx.engine();
     let limit = MAX_ENCODED_BYTES.to_string();
-    let worker = |n: usize| {
+    // Child `n` to its end, exit 0 asserted: its stderr, peak RSS, seconds and summary.
+    let run_child = async |n: usize| {
         let mut command = fx.worker(n);
         command.args(["--max-encoded-bytes", &limit]);
-        command
+        let started = Instant::now();
+        let (status, stderr, peak) = run_measured(command);
+        let seconds = started.elapsed().as_secs_f64();
+        assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+        (stderr, peak, seconds, fx.summary(n).await)
     };
 
     // Baseline: ordinary 400 x 300 JPEGs and PNGs through the same worker and flags.
@@ -250,11 +241,7 @@ async fn hostile_files_and_keys_each_end_as_a_vector_or_a_named_failure() {
         baseline_lines.push(line);
     }
     fx.put_manifest(0, &baseline_lines).await;
-    let started = Instant::now();
-    let (status, stderr, baseline_peak) = run_measured(worker(0));
-    let baseline_seconds = started.elapsed().as_secs_f64();
-    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
-    let summary = fx.summary(0).await;
+    let (stderr, baseline_peak, baseline_seconds, summary) = run_child(0).await;
     eprintln!(
         "RELIABILITY hostile baseline: lines={} -> written={} failed={} seconds={baseline_seconds:.1} peak_rss_mib={:.1}",
         baseline_lines.len(),
@@ -286,12 +273,8 @@ async fn hostile_files_and_keys_each_end_as_a_vector_or_a_named_failure() {
         lines.push(line);
     }
     fx.put_manifest(1, &lines).await;
-    let started = Instant::now();
-    let (status, stderr, peak) = run_measured(worker(1));
-    let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
+    let (stderr, peak, seconds, summary) = run_child(1).await;
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let summary = fx.summary(1).await;
     let expected_failures: BTreeMap<&str, &str> = cases
         .iter()
         .filter_map(|c| Some((c.id.as_str(), c.failure?)))
@@ -429,9 +412,7 @@ async fn hostile_files_and_keys_each_end_as_a_vector_or_a_named_failure() {
     let big = flat_png(9000, 9000);
     let line = fx.put("control/9000x9000.png", &big).await;
     fx.put_manifest(2, &[line]).await;
-    let (status, stderr, control_peak) = run_measured(worker(2));
-    assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
-    let summary = fx.summary(2).await;
+    let (stderr, control_peak, _, summary) = run_child(2).await;
     eprintln!(
         "RELIABILITY hostile control: one 9000x9000 PNG ({} bytes) -> written={} peak_rss_mib={:.1}",
         big.len(),

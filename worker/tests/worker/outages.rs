@@ -5,14 +5,13 @@
 //! timeout are abandoned and retried. The `RELIABILITY ...` lines on stderr are the numbers in
 //! RELIABILITY.md (`cargo test --release -p embatch-worker --locked --test worker outages:: -- --nocapture`).
 
-use std::collections::HashMap;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use embatch_aws::client::SDK_MAX_ATTEMPTS;
 use embatch_formats::run::exit;
-use embatch_localaws::faults::{Fault, FaultPlan, FaultProxy, FaultRule, Match};
+use embatch_localaws::faults::{Fault, FaultRule, Match};
+use embatch_localaws::fixture::raw_items;
 
 use crate::common;
 use common::*;
@@ -45,28 +44,6 @@ async fn assert_no_failures_recorded(fx: &Fixture) {
     }
 }
 
-/// Every item of the table, as stored.
-async fn items(fx: &Fixture) -> Vec<HashMap<String, AttributeValue>> {
-    let mut all = Vec::new();
-    let mut start = None;
-    loop {
-        let out = fx
-            .dynamodb
-            .scan()
-            .table_name(&fx.table)
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .unwrap();
-        all.extend(out.items().iter().cloned());
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return all;
-        }
-    }
-}
-
 /// A re-run with no faults: exit 0, `skipped` already stored, the rest written, every image
 /// stored once with the engine's vector.
 async fn assert_rerun_completes(fx: &Fixture, images: &[(String, Vec<u8>)], skipped: u64) {
@@ -91,14 +68,13 @@ async fn assert_rerun_completes(fx: &Fixture, images: &[(String, Vec<u8>)], skip
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_killed_mid_run_exits_75_and_a_rerun_after_its_restart_completes() {
     let mut fx = Fixture::new().await;
-    let (lines, images) = upload_many(&fx, "outage", 120).await;
-    fx.put_manifest(0, &lines).await;
+    let (lines, images) = fx.upload_manifest(0, "outage", 120).await;
 
     let mut running = start(fx.worker(0));
     fx.wait_until_stored(1, &mut running.child).await;
     // What survives the crash: the table as it is now (AWS keeps its state; moto does not,
     // so it is put back after the restart, with the images and the manifest).
-    let survived = items(&fx).await;
+    let survived = raw_items(&fx.dynamodb, &fx.table).await;
     fx.emulator.crash();
     let (status, stderr, gave_up_after) = running.finish(GIVE_UP_WITHIN).await;
     assert_gave_up(status, &stderr, CONNECTION_REFUSED);
@@ -143,19 +119,9 @@ async fn emulator_killed_mid_run_exits_75_and_a_rerun_after_its_restart_complete
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload_many(&fx, "tabledown", 30).await;
-    fx.put_manifest(0, &lines).await;
-    let proxy = FaultProxy::start(
-        &fx.emulator.endpoint(),
-        FaultPlan {
-            seed: 75,
-            rules: vec![FaultRule::new(
-                Match::dynamodb("BatchWriteItem"),
-                Fault::Status(500),
-            )],
-        },
-    )
-    .unwrap();
+    let (_, images) = fx.upload_manifest(0, "tabledown", 30).await;
+    let fault = FaultRule::new(Match::dynamodb("BatchWriteItem"), Fault::Status(500));
+    let proxy = fx.emulator.fault_proxy(75, [fault]);
 
     let (status, stderr, took) = start(fx.worker_via(proxy.env(), 0))
         .finish(GIVE_UP_WITHIN)
@@ -182,19 +148,12 @@ async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload_many(&fx, "s3down", 12).await;
-    fx.put_manifest(0, &lines).await;
-    let proxy = FaultProxy::start(
-        &fx.emulator.endpoint(),
-        FaultPlan {
-            seed: 76,
-            rules: vec![FaultRule::new(
-                Match::s3_get_under(&fx.bucket, "s3down/00003"),
-                Fault::Status(503),
-            )],
-        },
-    )
-    .unwrap();
+    let (_, images) = fx.upload_manifest(0, "s3down", 12).await;
+    let fault = FaultRule::new(
+        Match::s3_get_under(&fx.bucket, "s3down/00003"),
+        Fault::Status(503),
+    );
+    let proxy = fx.emulator.fault_proxy(76, [fault]);
 
     let command = fx.worker_via(proxy.env(), 0);
     let (status, stderr, took) = start(command).finish(GIVE_UP_WITHIN).await;
@@ -225,19 +184,12 @@ async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_short_every_time_costs_exactly_the_fetch_attempts() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload_many(&fx, "cut", 6).await;
-    fx.put_manifest(0, &lines).await;
-    let proxy = FaultProxy::start(
-        &fx.emulator.endpoint(),
-        FaultPlan {
-            seed: 77,
-            rules: vec![FaultRule::new(
-                Match::s3_get_under(&fx.bucket, "cut/00002"),
-                Fault::ResetMidBody,
-            )],
-        },
-    )
-    .unwrap();
+    let (_, images) = fx.upload_manifest(0, "cut", 6).await;
+    let fault = FaultRule::new(
+        Match::s3_get_under(&fx.bucket, "cut/00002"),
+        Fault::ResetMidBody,
+    );
+    let proxy = fx.emulator.fault_proxy(77, [fault]);
     let mut command = fx.worker_via(proxy.env(), 0);
     command.args(["--fetch-attempts", "4"]);
     let (status, stderr, _) = start(command).finish(GIVE_UP_WITHIN).await;
@@ -250,22 +202,17 @@ async fn a_body_cut_short_every_time_costs_exactly_the_fetch_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_stalling_past_the_attempt_timeout_are_retried() {
     let fx = Fixture::new().await;
-    let (lines, images) = upload_many(&fx, "stall", 24).await;
-    fx.put_manifest(0, &lines).await;
+    let (_, images) = fx.upload_manifest(0, "stall", 24).await;
     let images_only = || Match::s3_get_under(&fx.bucket, "stall/");
     let silence = Duration::from_secs(60);
-    let proxy = FaultProxy::start(
-        &fx.emulator.endpoint(),
-        FaultPlan {
-            seed: 77,
-            rules: vec![
-                // The first three image GETs answer late, the next three stall mid-body.
-                FaultRule::new(images_only(), Fault::Delay(silence)).limit(3),
-                FaultRule::new(images_only(), Fault::StallMidBody(silence)).limit(3),
-            ],
-        },
-    )
-    .unwrap();
+    let proxy = fx.emulator.fault_proxy(
+        77,
+        [
+            // The first three image GETs answer late, the next three stall mid-body.
+            FaultRule::new(images_only(), Fault::Delay(silence)).limit(3),
+            FaultRule::new(images_only(), Fault::StallMidBody(silence)).limit(3),
+        ],
+    );
 
     let mut command = fx.worker_via(proxy.env(), 0);
     command.args(["--attempt-timeout-secs", "2"]);
@@ -282,20 +229,10 @@ async fn downloads_stalling_past_the_attempt_timeout_are_retried() {
     );
     assert_eq!(status.code(), Some(exit::DONE), "{stderr}");
     for kind in ["delay", "stall-mid-body"] {
-        assert_eq!(
-            counts.by_kind.get(kind).copied(),
-            Some(3),
-            "{kind} injected: {counts:?}"
-        );
+        assert_eq!(counts.kind(kind), 3, "{kind} injected: {counts:?}");
     }
     // Abandoned after the 2 s timeout, not after the 60 s silence.
     assert!(took < silence, "took {took:?}");
-    let summary = fx.summary(0).await;
-    assert_eq!(
-        (summary.written, summary.failed),
-        (images.len() as u64, 0),
-        "{stderr}"
-    );
-    assert_eq!(fx.stored().await, images.len());
+    fx.assert_all_written(0, images.len(), &stderr).await;
     fx.assert_vectors(&fx.engine(), &images).await;
 }

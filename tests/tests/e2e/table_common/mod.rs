@@ -61,4 +61,6 @@ pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
     }
 }
 
-pub use embatch_localaws::fixture::{assert_same, bits, raw_items, record, records, vector};
+pub use embatch_localaws::fixture::{
+    assert_all_same, assert_same, bits, raw_items, record, records, vector,
+};
