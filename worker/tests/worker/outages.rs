@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use embatch_aws::client::SDK_MAX_ATTEMPTS;
 use embatch_formats::run::exit;
-use embatch_localaws::faults::{Fault, FaultRule, Match};
+use embatch_localaws::faults::{Fault, FaultProxy, FaultRule, Match};
 use embatch_localaws::fixture::raw_items;
 
 use crate::common;
@@ -145,29 +145,40 @@ async fn table_failing_past_the_retry_budget_exits_75_and_a_rerun_completes() {
     assert_rerun_completes(&fx, &images, 0).await;
 }
 
+/// Child 0 over `n` images under `prefix/`, every GET of image `failing` answered with `fault`,
+/// the worker given `args`; asserts the child gave up (75) naming that image. Returns the
+/// images, the proxy and how long the child took.
+async fn give_up_on_one_image(
+    fx: &Fixture,
+    (prefix, n, failing): (&str, u32, u32),
+    fault: Fault,
+    args: &[&str],
+) -> (Vec<(String, Vec<u8>)>, FaultProxy, Duration) {
+    let (_, images) = fx.upload_manifest(0, prefix, n).await;
+    let key = format!("{prefix}/{failing:05}");
+    let rule = FaultRule::new(Match::s3_get_under(&fx.bucket, &key), fault);
+    let proxy = fx.emulator.fault_proxy(u64::from(failing), [rule]);
+    let mut command = fx.worker_via(proxy.env(), 0);
+    command.args(args);
+    let (status, stderr, took) = start(command).finish(GIVE_UP_WITHIN).await;
+    assert_gave_up(status, &stderr, &key);
+    (images, proxy, took)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
     let fx = Fixture::new().await;
-    let (_, images) = fx.upload_manifest(0, "s3down", 12).await;
-    let fault = FaultRule::new(
-        Match::s3_get_under(&fx.bucket, "s3down/00003"),
-        Fault::Status(503),
-    );
-    let proxy = fx.emulator.fault_proxy(76, [fault]);
-
-    let command = fx.worker_via(proxy.env(), 0);
-    let (status, stderr, took) = start(command).finish(GIVE_UP_WITHIN).await;
+    let image = ("s3down", 12, 3);
+    let (images, proxy, took) = give_up_on_one_image(&fx, image, Fault::Status(503), &[]).await;
     let counts = proxy.counts();
     let stored = fx.stored().await;
     eprintln!(
-        "RELIABILITY s3-image-down: images={} injected={} exit={:?} gave_up_after_ms={} stored={}",
+        "RELIABILITY s3-image-down: images={} injected={} exit=75 gave_up_after_ms={} stored={}",
         images.len(),
         counts.injected(),
-        status.code(),
         took.as_millis(),
         stored
     );
-    assert_gave_up(status, &stderr, "s3down/00003");
     assert_no_failures_recorded(&fx).await;
     // One retry layer per failure class: the SDK's attempts, and none of ours on top.
     assert_eq!(
@@ -184,16 +195,9 @@ async fn an_image_failing_past_the_retries_exits_75_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_short_every_time_costs_exactly_the_fetch_attempts() {
     let fx = Fixture::new().await;
-    let (_, images) = fx.upload_manifest(0, "cut", 6).await;
-    let fault = FaultRule::new(
-        Match::s3_get_under(&fx.bucket, "cut/00002"),
-        Fault::ResetMidBody,
-    );
-    let proxy = fx.emulator.fault_proxy(77, [fault]);
-    let mut command = fx.worker_via(proxy.env(), 0);
-    command.args(["--fetch-attempts", "4"]);
-    let (status, stderr, _) = start(command).finish(GIVE_UP_WITHIN).await;
-    assert_gave_up(status, &stderr, "cut/00002");
+    let args = ["--fetch-attempts", "4"];
+    let (images, proxy, _) =
+        give_up_on_one_image(&fx, ("cut", 6, 2), Fault::ResetMidBody, &args).await;
     // The SDK does not retry a streaming body: every attempt is ours, one GET each.
     assert_eq!(proxy.counts().per_rule[0], 4, "{:?}", proxy.counts());
     assert_rerun_completes(&fx, &images, fx.stored().await as u64).await;
