@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p embatch-engine --example quality -- \
-//!     --spec models/mobilenetv2-features.toml --images ../shared/corpus/hymenoptera [--python]
+//!     --spec models/mobilenetv2-features.toml --images ../shared/corpus/hymenoptera [--python [--draft]]
 //! ```
 //! Only `.jpg`/`.jpeg` files are scored; every other file is prepared too and its outcome
 //! listed (a real-world bad input shows how failures are reported). `--python` also runs the
@@ -34,6 +34,10 @@ struct Args {
     /// Also score the Python reference pipeline.
     #[arg(long)]
     python: bool,
+    /// With `--python`: the reference decodes JPEGs with PIL's `draft()` at the engine's margin
+    /// (libjpeg-turbo's DCT scaling, shorter side kept >= 2 x the resize target), not fully.
+    #[arg(long, requires = "python")]
+    draft: bool,
 }
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -160,6 +164,9 @@ fn main() -> anyhow::Result<()> {
             .args(&paths)
             .arg("--model")
             .arg(&spec.file);
+        if args.draft {
+            cmd.arg("--draft");
+        }
         let o = cmd.output()?;
         anyhow::ensure!(
             o.status.success(),

@@ -66,7 +66,8 @@ def run(sess, tensor, spec, batch):
 
 def load_rgb(path, draft_for=None):
     """Decode to upright 8-bit RGB. `draft_for`: let libjpeg decode at reduced DCT scale while
-    keeping the shorter side >= this (benchmark only; the parity reference decodes fully)."""
+    keeping the shorter side >= this (the benchmarks, and `images --draft`; the parity tests'
+    reference decodes fully)."""
     im = Image.open(path)
     if draft_for and im.format == "JPEG":
         w, h = im.size
@@ -125,6 +126,8 @@ def main():
     i.add_argument("out")
     i.add_argument("images", nargs="+")
     i.add_argument("--model")
+    i.add_argument("--draft", action="store_true",
+                   help="decode JPEGs with PIL's draft() at the engine's margin (shorter side kept >= 2 x the resize target)")
     a = ap.parse_args()
 
     spec = load_spec(a.spec, a.model)
@@ -138,7 +141,9 @@ def main():
         data = np.fromfile(a.tensors, dtype="<f4").reshape((a.count,) + shape)
         vectors = [run(sess, tensor, spec, data[k : k + 1])[0] for k in range(a.count)]
     else:
-        vectors = [run(sess, tensor, spec, preprocess(load_rgb(p), spec)[None])[0] for p in a.images]
+        draft_for = 2 * spec["preprocess"]["resize_shorter_to"] if a.draft else None
+        vectors = [run(sess, tensor, spec, preprocess(load_rgb(p, draft_for), spec)[None])[0]
+                   for p in a.images]
     Path(a.out).write_text(json.dumps([v.astype(float).tolist() for v in vectors]))
 
 
