@@ -191,7 +191,7 @@ pub fn assert_same(got: &VectorRecord, want: &VectorRecord) {
     assert_eq!(got.meta, want.meta, "metadata of {}", want.image_id);
 }
 
-/// [`assert_same`] for each pair, and as many records as wanted.
+/// As many records as wanted, each [`assert_same`] as its counterpart, in order.
 pub fn assert_all_same(got: &[VectorRecord], want: &[VectorRecord]) {
     assert_eq!(got.len(), want.len(), "records");
     for (got, want) in got.iter().zip(want) {

@@ -145,7 +145,7 @@ impl Fixture {
                 .await
                 .unwrap();
             let listed = out.job_summary_list().iter();
-            ids.extend(listed.map(|j| j.job_id().unwrap_or_default().to_string()));
+            ids.extend(listed.map(|j| j.job_id().expect("a listed job has an id").to_string()));
         }
         ids
     }

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::Select;
 use embatch_engine::{Engine, Limits, ModelSpec};
 use embatch_formats::manifest::{to_jsonl, ManifestLine};
 use embatch_formats::report::{ChildSummary, FailureLine};
 use embatch_formats::run::{env, RunLayout};
 use embatch_formats::s3uri::S3Uri;
 use embatch_localaws::emulator::unique_name;
-use embatch_localaws::fixture::{put_bytes, raw_items, Cloud};
+use embatch_localaws::fixture::{put_bytes, Cloud};
 use embatch_localaws::{test_model, Emulator};
 use embatch_records::reader::TableReader;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
@@ -131,7 +132,15 @@ impl Fixture {
 
     /// Items in the table now.
     pub async fn stored(&self) -> usize {
-        raw_items(&self.dynamodb, &self.table).await.len()
+        // A count, not the items: `wait_until_stored` polls this every 50 ms.
+        let pages = self
+            .dynamodb
+            .scan()
+            .table_name(&self.table)
+            .select(Select::Count);
+        let pages = pages.consistent_read(true).into_paginator().send();
+        let pages = pages.collect::<Result<Vec<_>, _>>().await.unwrap();
+        pages.iter().map(|p| p.count() as usize).sum()
     }
 
     /// Asserts child `n`'s summary counts all `images` written and none failed, and the table
