@@ -1,8 +1,8 @@
 //! Image bytes to an upright 8-bit RGB image.
 //!
 //! - Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, recognised by content, not by name.
-//! - JPEG goes through libjpeg-turbo ([`crate::jpeg`]), which decodes at any M/8 scale in the
-//!   DCT domain: we use the smallest scale whose shorter side is still at least
+//! - JPEG goes through libjpeg-turbo ([`crate::jpeg`]), which decodes at 1/2, 1/4 or 1/8 scale
+//!   in the DCT domain: we use the smallest scale whose shorter side is still at least
 //!   [`DCT_SCALE_MARGIN`] times the resize target, so a 4000x3000 photo is decoded as
 //!   1000x750. The other formats go through the `image` crate.
 //! - EXIF orientation (JPEG, PNG, WebP, TIFF) is applied.

@@ -1,11 +1,10 @@
 //! JPEG through libjpeg-turbo: the TurboJPEG 3 API of the `turbojpeg` crate's bindings, built
 //! from the crate's vendored source (cmake, nasm, SIMD required) and linked statically.
 //!
-//! - **Scale on decode**: TurboJPEG decodes at any of its scaling factors M/8 in the DCT
-//!   domain; [`scale_for`] picks the smallest of 1/8, 1/4, 3/8 and 1/2 whose shorter side is
+//! - **Scale on decode**: TurboJPEG decodes at reduced scale in the DCT domain; [`scale_for`]
+//!   picks the smallest of 1/8, 1/4 and 1/2 (PIL's `draft()` scales) whose shorter side is
 //!   still at least the caller's minimum ([`crate::decode::DCT_SCALE_MARGIN`] times the resize
-//!   target), so a 4000 x 3000 photo decodes as 1000 x 750 and a 2000 x 1500 one as 750 x 563
-//!   (3/8; PIL's `draft()` only has 1/2, 1/4 and 1/8, and would decode 1000 x 750).
+//!   target), so a 4000 x 3000 photo decodes as 1000 x 750.
 //! - **Stop on warning**: libjpeg recovers from a cut or damaged file by filling the rest with
 //!   grey; here any warning is an error, so a cut JPEG fails as `truncated` and a damaged one as
 //!   `corrupt` instead of being embedded as a grey picture.
@@ -172,40 +171,21 @@ impl Scale {
     }
 }
 
-/// The smallest of TurboJPEG's scaling factors up to 1/2 (1/8, 1/4, 3/8, 1/2) under which the
-/// shorter side of a `width` x `height` JPEG stays at least `min_shorter_side`; 1 when none
-/// does. Not 5/8, 3/4 or 7/8: they save little decoding (a 7/8 decode still has 77 % of the
-/// pixels) and cost parity: on the hymenoptera photos a 7/8 decode of an 812 x 642 photo gave
-/// cosine 0.9984 to the full-decode reference, below the 0.999 bar.
+/// The smallest of 1/8, 1/4 and 1/2 under which the shorter side of a `width` x `height` JPEG
+/// stays at least `min_shorter_side`; 1 when none does. These are the scales of PIL's
+/// `draft()`, so our decoded pixels are the reference's and so are the vectors (cosine
+/// 0.999999 over 409 photos, BENCHMARKS.md). TurboJPEG has every M/8, but measured they do not
+/// pay: 3/8 cost parity (cosine 0.99978 to the reference on 3/8-decoded photos) and saved no
+/// time (its 3x3 IDCT has no SIMD; 2560 x 1600 photos took the same at 3/8 as at 1/2), and 5/8
+/// to 7/8 save little decoding (a 7/8 decode still has 77 % of the pixels) and cost parity
+/// (cosine 0.9984 on a 7/8-decoded 812 x 642 photo against the full-decode reference).
 pub fn scale_for(width: u32, height: u32, min_shorter_side: u32) -> Scale {
     let shorter = width.min(height);
-    let mut factors = scaling_factors();
-    factors.retain(|f| 2 * f.num <= f.denom);
-    // Smallest first: by num/denom.
-    factors.sort_by_key(|f| (u64::from(f.num) << 32) / u64::from(f.denom));
-    factors
+    [8, 4, 2]
         .into_iter()
+        .map(|denom| Scale { num: 1, denom })
         .find(|f| f.apply(shorter) >= min_shorter_side)
         .unwrap_or(Scale::ONE)
-}
-
-/// Every scaling factor TurboJPEG supports (16 of them, 1/8 to 2).
-fn scaling_factors() -> Vec<Scale> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: tj3GetScalingFactors returns a pointer to a static array of `n` factors.
-    let list = unsafe { raw::tj3GetScalingFactors(&mut n) };
-    if list.is_null() || n <= 0 {
-        return vec![Scale::ONE];
-    }
-    // SAFETY: non-null, `n` elements, static lifetime.
-    let list = unsafe { std::slice::from_raw_parts(list, n as usize) };
-    list.iter()
-        .filter(|f| f.num > 0 && f.denom > 0)
-        .map(|f| Scale {
-            num: f.num as u32,
-            denom: f.denom as u32,
-        })
-        .collect()
 }
 
 /// What [`Decompressor::header`] reads.
@@ -301,7 +281,7 @@ impl Decompressor {
             num: scale.num as libc::c_int,
             denom: scale.denom as libc::c_int,
         };
-        // SAFETY: a valid handle and a factor from tj3GetScalingFactors.
+        // SAFETY: a valid handle; TurboJPEG refuses (non-zero) a factor it does not support.
         if unsafe { raw::tj3SetScalingFactor(self.handle, factor) } != 0 {
             return Err(self.error());
         }
@@ -420,17 +400,18 @@ mod tests {
 
     #[test]
     fn the_smallest_scale_that_keeps_the_shorter_side() {
-        // 4000 x 3000 for a 512 px shorter side: 1/4 (750); 2000 x 1500: 3/8 (563), where
-        // 1/2, 1/4 and 1/8 alone would give 750.
+        // 4000 x 3000 for a 512 px shorter side: 1/4 (750); 2000 x 1500: 1/2 (750; 1/4 would
+        // leave 375).
         assert_eq!(scale_for(4000, 3000, 512), Scale { num: 1, denom: 4 });
-        assert_eq!(scale_for(2000, 1500, 512), Scale { num: 3, denom: 8 });
+        assert_eq!(scale_for(2000, 1500, 512), Scale { num: 1, denom: 2 });
+        assert_eq!(scale_for(8000, 4096, 512), Scale { num: 1, denom: 8 });
         assert_eq!(scale_for(6000, 4000, 512), Scale { num: 1, denom: 4 });
         assert_eq!(scale_for(500, 375, 512), Scale::ONE);
         // Above 1/2 nothing: an 812 x 642 photo decodes whole, not at 7/8.
         assert_eq!(scale_for(812, 642, 512), Scale::ONE);
         assert_eq!(scale_for(1200, 1024, 512), Scale { num: 1, denom: 2 });
         assert!(
-            Scale { num: 3, denom: 8 }.apply(1500) == 563,
+            Scale { num: 1, denom: 8 }.apply(4097) == 513,
             "rounded up, as TJSCALED"
         );
     }

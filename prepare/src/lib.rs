@@ -20,6 +20,7 @@ pub mod decode;
 pub mod jpeg;
 pub mod limits;
 pub mod preprocess;
+mod resample;
 pub use embatch_formats::spec;
 
 pub use decode::{ImageError, BACKGROUND};

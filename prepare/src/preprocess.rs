@@ -3,19 +3,13 @@
 //!
 //! The geometry follows torchvision's `Resize(s)` + `CenterCrop(c)` on a PIL image: the
 //! longer side becomes `floor(s * long / short)`, the crop offset is
-//! `round_half_even((resized - c) / 2)`. Resize and crop are done in one pass: the crop box is
-//! mapped back into source coordinates and only the 224x224 output pixels are computed, each
-//! with exactly the filter taps a full resize would have used (the filter window is clipped
-//! by the source image, not by the crop box), so the result equals resize-then-crop.
-
-// The typed API (one pixel type): `Resizer::resize` on an untyped image instantiates the resizer
-// for all 13 pixel types, which was most of this crate's compile time.
-use fast_image_resize::images::{TypedImage, TypedImageRef};
-use fast_image_resize::pixels::{InnerPixel, U8x3};
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+//! `round_half_even((resized - c) / 2)`. Resize and crop are one pass ([`crate::resample`]):
+//! Pillow's resampling, computed only for the crop's pixels, so the result equals PIL's
+//! resize-then-crop bit for bit.
 
 use crate::decode::{ImageError, RgbImage};
-use crate::spec::{ChannelOrder, Interpolation, Layout, ModelSpec};
+use crate::resample::{self, Axis};
+use crate::spec::{ChannelOrder, Layout, ModelSpec};
 
 /// One image, preprocessed for a model: ready for `embatch_engine::Engine::embed`.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,37 +64,34 @@ pub(crate) fn preprocess(
     original: (u32, u32),
 ) -> Result<Prepared, ImageError> {
     let g = geometry(img.width, img.height, spec);
-    let (sx, sy) = (
-        f64::from(img.width) / g.resized.0 as f64,
-        f64::from(img.height) / g.resized.1 as f64,
-    );
     let (left, top, _, _) = g.crop;
     let (cw, ch) = (spec.preprocess.crop_width, spec.preprocess.crop_height);
-    let src = TypedImageRef::<U8x3>::from_buffer(img.width, img.height, &img.data)
-        .map_err(|e| ImageError::Corrupt(format!("decoded image buffer: {e}")))?;
-    let mut dst = TypedImage::<U8x3>::new(cw, ch);
-    let alg = match spec.preprocess.interpolation {
-        Interpolation::Nearest => ResizeAlg::Nearest,
-        Interpolation::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
-        Interpolation::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
-        Interpolation::Lanczos3 => ResizeAlg::Convolution(FilterType::Lanczos3),
-    };
-    let options = ResizeOptions::new().resize_alg(alg).crop(
-        left as f64 * sx,
-        top as f64 * sy,
-        f64::from(cw) * sx,
-        f64::from(ch) * sy,
+    let expected = img.width as usize * img.height as usize * 3;
+    if img.data.len() != expected {
+        return Err(ImageError::Corrupt(format!(
+            "decoded image buffer: {} bytes for {}x{} RGB",
+            img.data.len(),
+            img.width,
+            img.height
+        )));
+    }
+    let axes = (
+        Axis {
+            source: img.width,
+            resized: g.resized.0,
+            first: left,
+            count: cw,
+        },
+        Axis {
+            source: img.height,
+            resized: g.resized.1,
+            first: top,
+            count: ch,
+        },
     );
-    Resizer::new()
-        .resize_typed(&src, &mut dst, &options)
-        .map_err(|e| ImageError::Corrupt(format!("resize failed: {e}")))?;
+    let rgb = resample::resize_rgb(&img.data, axes, spec.preprocess.interpolation);
     Ok(Prepared {
-        tensor: normalise(
-            U8x3::components(dst.pixels()),
-            cw as usize,
-            ch as usize,
-            spec,
-        ),
+        tensor: normalise(&rgb, cw as usize, ch as usize, spec),
         original_width: original.0,
         original_height: original.1,
     })

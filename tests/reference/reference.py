@@ -128,9 +128,20 @@ def main():
     i.add_argument("--model")
     i.add_argument("--draft", action="store_true",
                    help="decode JPEGs with PIL's draft() at the engine's margin (shorter side kept >= 2 x the resize target)")
+    pr = sub.add_parser("prepare", help="write the preprocessed input tensors, f32 little-endian, one after another")
+    pr.add_argument("spec")
+    pr.add_argument("out")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--draft", action="store_true", help="as for images")
     a = ap.parse_args()
 
-    spec = load_spec(a.spec, a.model)
+    spec = load_spec(a.spec, getattr(a, "model", None))
+    draft_for = 2 * spec["preprocess"]["resize_shorter_to"] if getattr(a, "draft", False) else None
+    if a.cmd == "prepare":
+        with open(a.out, "wb") as out:
+            for p in a.images:
+                out.write(preprocess(load_rgb(p, draft_for), spec).astype("<f4").tobytes())
+        return
     sess, tensor = session(spec)
     inp = spec["input"]
     if inp["layout"] == "nchw":
@@ -141,7 +152,6 @@ def main():
         data = np.fromfile(a.tensors, dtype="<f4").reshape((a.count,) + shape)
         vectors = [run(sess, tensor, spec, data[k : k + 1])[0] for k in range(a.count)]
     else:
-        draft_for = 2 * spec["preprocess"]["resize_shorter_to"] if a.draft else None
         vectors = [run(sess, tensor, spec, preprocess(load_rgb(p, draft_for), spec)[None])[0]
                    for p in a.images]
     Path(a.out).write_text(json.dumps([v.astype(float).tolist() for v in vectors]))

@@ -2,7 +2,9 @@
 //! images in every supported format and colour type:
 //! - our vector vs onnxruntime on *our* preprocessed tensor: cosine >= 0.9999 (inference);
 //! - our vector vs the full Python pipeline (PIL decode, numpy preprocessing, onnxruntime)
-//!   on the same file: cosine >= 0.999 (decode + preprocess + inference).
+//!   on the same file: cosine >= 0.999 (decode + preprocess + inference);
+//! - our preprocessed tensor vs PIL's with `draft()` at our scale: the same f32 values (decode
+//!   and Pillow's resize arithmetic).
 
 use crate::common;
 
@@ -120,6 +122,56 @@ fn full_pipeline_matches_the_python_reference() {
         );
     }
     eprintln!("engine vs PIL+numpy+onnxruntime:\n{}", report.join("\n"));
+}
+
+#[test]
+fn preprocessing_matches_pil_bit_for_bit() {
+    // The reference decodes JPEGs with draft() at our margin, the scales we decode at, so
+    // every value of every tensor must be the same f32: the resize is Pillow's arithmetic.
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tensors.f32");
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("prepare"),
+        f.spec_path.as_os_str(),
+        out.as_os_str(),
+    ];
+    args.extend(f.images.values().map(|(p, ..)| p.as_os_str()));
+    args.push(OsStr::new("--draft"));
+    common::run_reference("reference.py", &args);
+    let bytes = std::fs::read(&out).unwrap();
+    let theirs: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let per_image = theirs.len() / f.images.len();
+    // One 8-bit level in the tensor, in the channel where it is largest.
+    let p = &common::resnet18().preprocess;
+    let level = 1.0 / (p.scale * p.std.iter().cloned().fold(f32::INFINITY, f32::min));
+    let mut differ = Vec::new();
+    for ((name, (_, desc, ours, _)), theirs) in f.images.iter().zip(theirs.chunks(per_image)) {
+        assert_eq!(ours.tensor.len(), per_image, "{name}");
+        let diffs: Vec<f32> = ours
+            .tensor
+            .iter()
+            .zip(theirs)
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| (a - b).abs())
+            .collect();
+        let largest = diffs.iter().cloned().fold(0.0, f32::max);
+        // The one exception: PIL keeps only the high byte of a 16-bit RGB sample, we round
+        // (as PIL's own grayscale path and the reference do), at most one level apart.
+        if name == "png_rgb16.png" {
+            assert!(largest <= level * 1.001, "{name}: {largest} > one level");
+        } else if !diffs.is_empty() {
+            differ.push(format!("{name} ({desc}): {} values differ", diffs.len()));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "tensors unlike PIL's:\n{}",
+        differ.join("\n")
+    );
 }
 
 #[test]
