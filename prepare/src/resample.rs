@@ -8,7 +8,16 @@
 //! Nearest neighbour is not Pillow's (its affine scaler accumulates the step in floating
 //! point): source pixel `floor((x + 0.5) * in / out)`, which can differ from it by one pixel.
 
+use std::cell::RefCell;
+
+use crate::jpeg::KEEP_BYTES;
 use crate::spec::Interpolation;
+
+thread_local! {
+    /// The intermediate rows of this thread's last resize, kept for its next one as the JPEG
+    /// pixel buffer is (`jpeg::recycle`): fresh megabytes would cost page faults every image.
+    static ROWS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Fractional bits of the fixed-point weights: 32 - 8 (the pixel) - 2 (headroom for filters
 /// whose partial sums leave [0, 1]), as Pillow's `PRECISION_BITS`.
@@ -192,7 +201,9 @@ fn convolve<const AVX2: bool>(
     let (row_first, row_end) = vertical.span();
     // Pillow skips a pass whose size does not change; an identity pass would round to the
     // same pixels, so skipping only saves the work.
-    let mut rows = vec![0u8; (row_end - row_first) * stride];
+    let mut rows = ROWS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    rows.clear();
+    rows.resize((row_end - row_first) * stride, 0);
     if x.resized == u64::from(x.source) {
         let left = x.first as usize * 3;
         for (r, out) in (row_first..row_end).zip(rows.chunks_exact_mut(stride)) {
@@ -224,15 +235,24 @@ fn convolve<const AVX2: bool>(
             horizontal_row(line(r), &horizontal, last);
         }
     }
-    if y.resized == u64::from(y.source) {
+    let out = if y.resized == u64::from(y.source) {
         let top = y.first as usize - row_first;
-        rows.drain(..top * stride);
-        rows.truncate(y.count as usize * stride);
-        return rows;
+        rows[top * stride..][..y.count as usize * stride].to_vec()
+    } else {
+        vertical_pass(&rows, row_first, &vertical, stride)
+    };
+    if rows.capacity() <= KEEP_BYTES {
+        ROWS.with(|r| *r.borrow_mut() = rows);
     }
-    let mut out = vec![0u8; y.count as usize * stride];
+    out
+}
+
+/// The vertical taps over the horizontally resized `rows` (source rows from `row_first`).
+#[inline(always)]
+fn vertical_pass(rows: &[u8], row_first: usize, vertical: &Taps, stride: usize) -> Vec<u8> {
+    let mut out = vec![0u8; vertical.start.len() * stride];
     let mut sums = vec![0i32; stride];
-    for (i, out) in out.chunks_exact_mut(stride).enumerate() {
+    for (i, line) in out.chunks_exact_mut(stride).enumerate() {
         let (start, weights) = vertical.of(i);
         sums.fill(HALF);
         for (r, &w) in weights.iter().enumerate() {
@@ -241,7 +261,7 @@ fn convolve<const AVX2: bool>(
                 *s += i32::from(p) * w;
             }
         }
-        for (o, &s) in out.iter_mut().zip(&sums) {
+        for (o, &s) in line.iter_mut().zip(&sums) {
             *o = clip8(s);
         }
     }
