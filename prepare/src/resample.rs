@@ -3,7 +3,7 @@
 //! weights and rounding, the same horizontal-then-vertical passes with the intermediate rows
 //! rounded to u8. Each output pixel depends only on its own taps, so computing the crop alone
 //! gives exactly the pixels of resize-then-crop: our tensors are the Python reference's, bit for
-//! bit, whenever the decoded pixels are (tests/engine/parity.rs checks it).
+//! bit, whenever the decoded pixels are (`engine/tests/engine/parity.rs` checks it).
 //!
 //! Nearest neighbour is not Pillow's (its affine scaler accumulates the step in floating
 //! point): source pixel `floor((x + 0.5) * in / out)`, which can differ from it by one pixel.
@@ -50,13 +50,7 @@ struct Taps {
 
 impl Taps {
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the kept outputs.
-    fn new(axis: Axis, interpolation: Interpolation) -> Taps {
-        let (filter, support): (fn(f64) -> f64, f64) = match interpolation {
-            Interpolation::Bilinear => (bilinear, 1.0),
-            Interpolation::Bicubic => (bicubic, 2.0),
-            Interpolation::Lanczos3 => (lanczos, 3.0),
-            Interpolation::Nearest => unreachable!("nearest neighbour has no filter taps"),
-        };
+    fn new(axis: Axis, Filter { kernel, support }: Filter) -> Taps {
         // Pillow passes the box edges as C floats.
         let in_size = f64::from(axis.source as f32);
         let scale = in_size / axis.resized as f64;
@@ -80,7 +74,7 @@ impl Taps {
             let len = xmax.max(0) as usize;
             let mut ww = 0.0;
             for (x, w) in k[..len].iter_mut().enumerate() {
-                *w = filter(((x as i64 + xmin) as f64 - center + 0.5) * inv_filterscale);
+                *w = kernel(((x as i64 + xmin) as f64 - center + 0.5) * inv_filterscale);
                 ww += *w;
             }
             for (w, fixed) in k[..len].iter_mut().zip(&mut taps.weights[i * ksize..]) {
@@ -111,6 +105,26 @@ impl Taps {
             .max()
             .unwrap_or(first);
         (first, end)
+    }
+}
+
+/// A convolution filter: Pillow's kernel and its support (half-width at scale 1).
+#[derive(Clone, Copy)]
+struct Filter {
+    kernel: fn(f64) -> f64,
+    support: f64,
+}
+
+impl Filter {
+    /// Pillow's filter for `interpolation`; none for nearest neighbour.
+    fn of(interpolation: Interpolation) -> Option<Filter> {
+        let (kernel, support): (fn(f64) -> f64, f64) = match interpolation {
+            Interpolation::Nearest => return None,
+            Interpolation::Bilinear => (bilinear, 1.0),
+            Interpolation::Bicubic => (bicubic, 2.0),
+            Interpolation::Lanczos3 => (lanczos, 3.0),
+        };
+        Some(Filter { kernel, support })
     }
 }
 
@@ -169,35 +183,31 @@ fn lanczos(x: f64) -> f64 {
 /// Resizes the interleaved RGB `src` (`width` x `height`) and returns the kept window,
 /// `x.count` x `y.count` RGB pixels, row-major.
 pub(crate) fn resize_rgb(src: &[u8], axes: (Axis, Axis), interpolation: Interpolation) -> Vec<u8> {
-    if interpolation == Interpolation::Nearest {
+    let Some(filter) = Filter::of(interpolation) else {
         return nearest(src, axes);
-    }
+    };
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked above), all the function requires.
-        return unsafe { convolve_avx2(src, axes, interpolation) };
+        return unsafe { convolve_avx2(src, axes, filter) };
     }
-    convolve::<false>(src, axes, interpolation)
+    convolve::<false>(src, axes, filter)
 }
 
 /// [`convolve`] compiled for AVX2: the same integer arithmetic, eight sums at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn convolve_avx2(src: &[u8], axes: (Axis, Axis), interpolation: Interpolation) -> Vec<u8> {
-    convolve::<true>(src, axes, interpolation)
+unsafe fn convolve_avx2(src: &[u8], axes: (Axis, Axis), filter: Filter) -> Vec<u8> {
+    convolve::<true>(src, axes, filter)
 }
 
 /// Both passes of Pillow's convolution resize over the kept window. `AVX2`: only from
 /// [`convolve_avx2`], on a CPU that has it.
 #[inline(always)]
-fn convolve<const AVX2: bool>(
-    src: &[u8],
-    (x, y): (Axis, Axis),
-    interpolation: Interpolation,
-) -> Vec<u8> {
+fn convolve<const AVX2: bool>(src: &[u8], (x, y): (Axis, Axis), filter: Filter) -> Vec<u8> {
     let width = x.source as usize;
     let stride = x.count as usize * 3;
-    let vertical = Taps::new(y, interpolation);
+    let vertical = Taps::new(y, filter);
     let (row_first, row_end) = vertical.span();
     // Pillow skips a pass whose size does not change; an identity pass would round to the
     // same pixels, so skipping only saves the work.
@@ -210,7 +220,7 @@ fn convolve<const AVX2: bool>(
             out.copy_from_slice(&src[r * width * 3 + left..][..stride]);
         }
     } else {
-        let horizontal = Taps::new(x, interpolation);
+        let horizontal = Taps::new(x, filter);
         let line = |r: usize| &src[r * width * 3..][..width * 3];
         let mut r = row_first;
         let mut pairs = rows.chunks_exact_mut(2 * stride);
@@ -344,7 +354,7 @@ mod x86 {
 fn nearest(src: &[u8], (x, y): (Axis, Axis)) -> Vec<u8> {
     let pick = |a: Axis, i: u64| {
         let s = ((i as f64 + 0.5) * f64::from(a.source) / a.resized as f64) as usize;
-        s.min(a.source as usize - 1)
+        s.min(a.source.saturating_sub(1) as usize)
     };
     let columns: Vec<usize> = (x.first..x.first + u64::from(x.count))
         .map(|i| pick(x, i) * 3)
@@ -381,7 +391,7 @@ mod tests {
             Interpolation::Lanczos3,
         ] {
             for (source, resized) in [(500, 341), (341, 500), (7, 3), (1000, 256)] {
-                let taps = Taps::new(axis(source, resized), interpolation);
+                let taps = Taps::new(axis(source, resized), Filter::of(interpolation).unwrap());
                 for i in 0..resized as usize {
                     let sum: i32 = taps.of(i).1.iter().sum();
                     // Each weight rounds by at most half a unit.
@@ -425,7 +435,7 @@ mod tests {
             ] {
                 assert_eq!(
                     resize_rgb(&src, axes, interpolation),
-                    convolve::<false>(&src, axes, interpolation),
+                    convolve::<false>(&src, axes, Filter::of(interpolation).unwrap()),
                     "{w}x{h} -> {rw}x{rh} {interpolation:?}"
                 );
             }
