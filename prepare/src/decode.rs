@@ -202,7 +202,37 @@ pub(crate) fn classify_message(message: String) -> ImageError {
     }
 }
 
+/// The `image` crate's decoders, with a panic in one of them (a bug in a dependency, on this
+/// file) reported as the file's error instead of taking the decode thread down.
 fn decode_other(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<Decoded, ImageError> {
+    if format == ImageFormat::Png {
+        crate::png::check_chunks(bytes)?;
+    }
+    without_panics(format, || decode_with_image(bytes, format, limits))
+}
+
+/// Runs a dependency's decoder, a panic in it becoming a `Corrupt` error for the file.
+fn without_panics(
+    format: ImageFormat,
+    decode: impl FnOnce() -> Result<Decoded, ImageError> + std::panic::UnwindSafe,
+) -> Result<Decoded, ImageError> {
+    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(ImageError::Corrupt(format!(
+            "the {format:?} decoder failed on this file: {message}"
+        )))
+    })
+}
+
+fn decode_with_image(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &Limits,
+) -> Result<Decoded, ImageError> {
     // The WebP decoder reports a cut-off file as a corrupt bitstream; its RIFF header says how
     // long the file should be.
     if format == ImageFormat::WebP && bytes.len() >= 12 {
@@ -274,5 +304,26 @@ fn into_rgb(img: DynamicImage) -> RgbImage {
         width,
         height,
         data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decoder_that_panics_fails_the_file_with_its_message() {
+        for r in [
+            without_panics(ImageFormat::Tiff, || panic!("7 out of range")),
+            without_panics(ImageFormat::Tiff, || panic!("{} out of range", 7)),
+        ] {
+            match r {
+                Err(ImageError::Corrupt(m)) => {
+                    assert_eq!(m, "the Tiff decoder failed on this file: 7 out of range")
+                }
+                Err(other) => panic!("{other:?}"),
+                Ok(_) => panic!("decoded"),
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@
 pub mod decode;
 pub mod jpeg;
 pub mod limits;
+mod png;
 pub mod preprocess;
 mod resample;
 pub use embatch_formats::spec;
