@@ -99,19 +99,28 @@ fn inference_matches_onnxruntime_on_our_tensors() {
     );
 }
 
-#[test]
-fn full_pipeline_matches_the_python_reference() {
+/// Runs `reference.py COMMAND SPEC OUT IMAGES... EXTRA...` on every fixture image and returns
+/// what it wrote to OUT.
+fn reference_on_images(command: &str, extra: &[&str]) -> Vec<u8> {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.json");
+    let out = dir.path().join("out");
     let mut args: Vec<&OsStr> = vec![
-        OsStr::new("images"),
+        OsStr::new(command),
         f.spec_path.as_os_str(),
         out.as_os_str(),
     ];
     args.extend(f.images.values().map(|(p, ..)| p.as_os_str()));
+    args.extend(extra.iter().map(OsStr::new));
     common::run_reference("reference.py", &args);
-    let theirs = read_vectors(&out);
+    std::fs::read(&out).unwrap()
+}
+
+#[test]
+fn full_pipeline_matches_the_python_reference() {
+    let f = fixture();
+    let theirs: Vec<Vec<f32>> =
+        serde_json::from_slice(&reference_on_images("images", &[])).unwrap();
     let mut report = Vec::new();
     for ((name, (_, desc, _, ours)), theirs) in f.images.iter().zip(&theirs) {
         let c = cosine(ours, theirs);
@@ -129,18 +138,7 @@ fn preprocessing_matches_pil_bit_for_bit() {
     // The reference decodes JPEGs with draft() at our margin, the scales we decode at, so
     // every value of every tensor must be the same f32: the resize is Pillow's arithmetic.
     let f = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tensors.f32");
-    let mut args: Vec<&OsStr> = vec![
-        OsStr::new("prepare"),
-        f.spec_path.as_os_str(),
-        out.as_os_str(),
-    ];
-    args.extend(f.images.values().map(|(p, ..)| p.as_os_str()));
-    args.push(OsStr::new("--draft"));
-    common::run_reference("reference.py", &args);
-    let bytes = std::fs::read(&out).unwrap();
-    let theirs: Vec<f32> = bytes
+    let theirs: Vec<f32> = reference_on_images("prepare", &["--draft"])
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
