@@ -130,6 +130,9 @@ def write_all(out):
     save("jpeg_large_half.jpg", picture(1600, 1200, 3), "JPEG 1600x1200 (1/2-scale decode)", quality=92)
     save("jpeg_large_quarter.jpg", picture(4000, 3000, 4), "JPEG 4000x3000 (1/4-scale decode)", quality=92)
     save("jpeg_large_eighth.jpg", picture(5000, 4200, 5), "JPEG 5000x4200 (1/8-scale decode)", quality=92)
+    # 1023 / 2 = 511.5: libjpeg's 1/2-scale side rounds up to 512, so this one is decoded at 1/2.
+    save("jpeg_half_at_the_edge.jpg", picture(1364, 1023, 29), "JPEG 1364x1023 (1/2 scale, 511.5 rounded up)",
+         quality=90)
     save("jpeg_progressive.jpg", picture(1200, 900, 6), "progressive JPEG 1200x900", quality=90,
          progressive=True)
     save("jpeg_gray.jpg", picture(480, 360, 7).convert("L"), "grayscale JPEG", quality=90)

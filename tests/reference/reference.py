@@ -73,7 +73,8 @@ def load_rgb(path, draft_for=None):
         w, h = im.size
         short = min(w, h)
         scale = 1
-        while scale < 8 and short // (scale * 2) >= draft_for:
+        # The engine's rule: libjpeg's scaled size rounds up (a 1023 px side is 512 at 1/2).
+        while scale < 8 and -(-short // (scale * 2)) >= draft_for:
             scale *= 2
         im.draft("RGB", (w // scale, h // scale))
     im = ImageOps.exif_transpose(im)
