@@ -97,14 +97,14 @@ impl Taps {
         )
     }
 
-    /// Source positions `first..end` that any kept output reads.
+    /// Source positions `first..end` that any kept output reads: from the first output's
+    /// first tap to the last one's last (both ends only grow with the output position).
     fn span(&self) -> (usize, usize) {
-        let first = self.start.iter().copied().min().unwrap_or(0);
-        let end = (0..self.start.len())
-            .map(|i| self.start[i] + self.len[i])
-            .max()
-            .unwrap_or(first);
-        (first, end)
+        let n = self.start.len();
+        match n {
+            0 => (0, 0),
+            _ => (self.start[0], self.start[n - 1] + self.len[n - 1]),
+        }
     }
 }
 
@@ -222,27 +222,24 @@ fn convolve<const AVX2: bool>(src: &[u8], (x, y): (Axis, Axis), filter: Filter) 
     } else {
         let horizontal = Taps::new(x, filter);
         let line = |r: usize| &src[r * width * 3..][..width * 3];
-        let mut r = row_first;
-        let mut pairs = rows.chunks_exact_mut(2 * stride);
+        // Rows done two at a time with AVX2; the rest (all of them without it) one at a time.
+        let mut paired = 0;
         #[cfg(target_arch = "x86_64")]
         if AVX2 {
-            for pair in pairs.by_ref() {
+            for (pair, r) in rows
+                .chunks_exact_mut(2 * stride)
+                .zip((row_first..).step_by(2))
+            {
                 let (o0, o1) = pair.split_at_mut(stride);
                 // SAFETY: `convolve_avx2` is the only caller with AVX2 set, and it is only
                 // called on a CPU that has AVX2.
                 unsafe { x86::horizontal_rows([line(r), line(r + 1)], &horizontal, [o0, o1]) };
-                r += 2;
+                paired += 2;
             }
         }
-        for pair in pairs.by_ref() {
-            let (o0, o1) = pair.split_at_mut(stride);
-            horizontal_row(line(r), &horizontal, o0);
-            horizontal_row(line(r + 1), &horizontal, o1);
-            r += 2;
-        }
-        let last = pairs.into_remainder();
-        if !last.is_empty() {
-            horizontal_row(line(r), &horizontal, last);
+        let rest = rows[paired * stride..].chunks_exact_mut(stride);
+        for (out, r) in rest.zip(row_first + paired..) {
+            horizontal_row(line(r), &horizontal, out);
         }
     }
     let out = if y.resized == u64::from(y.source) {
