@@ -223,6 +223,8 @@ fn convolve<const AVX2: bool>(src: &[u8], (x, y): (Axis, Axis), filter: Filter) 
         let horizontal = Taps::new(x, filter);
         let line = |r: usize| &src[r * width * 3..][..width * 3];
         // Rows done two at a time with AVX2; the rest (all of them without it) one at a time.
+        // Only the x86_64 AVX2 loop below advances it.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut paired = 0;
         #[cfg(target_arch = "x86_64")]
         if AVX2 {
