@@ -6,9 +6,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 use embatch_formats::s3uri::S3Uri;
 use md5::{Digest, Md5};
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DataType, Int64Type};
+use parquet::file::writer::{SerializedFileWriter, SerializedRowGroupWriter};
+use parquet::schema::parser::parse_message_type;
 use serde_json::json;
 
 use crate::fixture::put_bytes;
@@ -142,28 +144,44 @@ fn csv_file(bucket: &str, rows: &[Row]) -> Vec<u8> {
     gz.finish().expect("writing to memory")
 }
 
-/// A Parquet data file.
+/// A Parquet data file, in the schema `fileSchema` gives.
 fn parquet_file(bucket: &str, rows: &[Row]) -> Vec<u8> {
-    let text = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
-    };
-    let flags = |f: &dyn Fn(&Row) -> bool| -> ArrayRef {
-        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(f(r)))))
-    };
-    let sizes: ArrayRef = Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.size)));
-    let batch = RecordBatch::try_from_iter([
-        ("bucket", text(&|_| bucket.to_string())),
-        ("key", text(&|r| r.key.clone())),
-        ("size", sizes),
-        ("e_tag", text(&|r| r.etag.trim_matches('"').to_string())),
-        ("is_latest", flags(&|r| r.latest)),
-        ("is_delete_marker", flags(&|r| r.delete_marker)),
-    ])
-    .expect("columns of one length");
+    let schema = parse_message_type(schema(Format::Parquet)).expect("the inventory schema parses");
     let mut out = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None)
+    let mut file = SerializedFileWriter::new(&mut out, Arc::new(schema), Arc::default())
         .expect("a Parquet writer");
-    writer.write(&batch).expect("writing to memory");
-    writer.close().expect("writing to memory");
+    let mut group = file.next_row_group().expect("writing to memory");
+    let text = |f: &dyn Fn(&Row) -> &str| -> Vec<ByteArray> {
+        rows.iter().map(|r| ByteArray::from(f(r))).collect()
+    };
+    let flags = |f: &dyn Fn(&Row) -> bool| -> Vec<bool> { rows.iter().map(f).collect() };
+    // Every optional value present: each row at the columns' definition level 1.
+    let present = Some(&vec![1; rows.len()][..]);
+    let sizes: Vec<i64> = rows.iter().map(|r| r.size).collect();
+    put::<ByteArrayType>(&mut group, &vec![ByteArray::from(bucket); rows.len()], None);
+    put::<ByteArrayType>(&mut group, &text(&|r| &r.key), None);
+    put::<Int64Type>(&mut group, &sizes, present);
+    put::<ByteArrayType>(&mut group, &text(&|r| r.etag.trim_matches('"')), present);
+    put::<BoolType>(&mut group, &flags(&|r| r.latest), present);
+    put::<BoolType>(&mut group, &flags(&|r| r.delete_marker), present);
+    group.close().expect("writing to memory");
+    file.close().expect("writing to memory");
     out
+}
+
+/// Writes the next column of `group`, in the schema's order.
+fn put<T: DataType>(
+    group: &mut SerializedRowGroupWriter<'_, &mut Vec<u8>>,
+    values: &[T::T],
+    levels: Option<&[i16]>,
+) {
+    let mut column = group
+        .next_column()
+        .expect("writing to memory")
+        .expect("a column the schema has");
+    column
+        .typed::<T>()
+        .write_batch(values, levels, None)
+        .expect("writing to memory");
+    column.close().expect("writing to memory");
 }

@@ -14,10 +14,11 @@
 use std::io::Read;
 
 use anyhow::{bail, Context};
-use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DataType, Int64Type};
+use parquet::file::reader::{FileReader, RowGroupReader, SerializedFileReader};
 use serde::Deserialize;
 
 use embatch_aws::objects::get_if_exists;
@@ -274,56 +275,95 @@ fn csv_records(text: &[u8]) -> Vec<Vec<String>> {
     }
 }
 
-/// The rows of a Parquet inventory file.
+/// The rows of a Parquet inventory file, its columns found by name (AWS may add columns, and
+/// any of them may be optional).
 fn parquet_rows(bytes: Bytes) -> anyhow::Result<Vec<Row>> {
-    let reader =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let file = SerializedFileReader::new(bytes).context("not a Parquet file")?;
+    let schema = file.metadata().file_metadata().schema_descr_ptr();
+    let index = |name: &str| {
+        schema
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == name)
+    };
+    let (Some(bucket), Some(key)) = (index("bucket"), index("key")) else {
+        bail!("no bucket and key columns");
+    };
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch?;
-        let text = |name: &str| -> anyhow::Result<Option<&StringArray>> { column(&batch, name) };
-        let (Some(bucket), Some(key)) = (text("bucket")?, text("key")?) else {
-            bail!("no bucket and key columns");
-        };
-        let etag = text("e_tag")?;
-        let size = column::<Int64Array>(&batch, "size")?;
-        let latest = column::<BooleanArray>(&batch, "is_latest")?;
-        let deleted = column::<BooleanArray>(&batch, "is_delete_marker")?;
-        for i in 0..batch.num_rows() {
-            let flag = |a: Option<&BooleanArray>| a.filter(|a| a.is_valid(i)).map(|a| a.value(i));
-            if flag(latest) == Some(false) || flag(deleted) == Some(true) {
+    for g in 0..file.num_row_groups() {
+        let group = file.get_row_group(g)?;
+        let text = |i| column::<ByteArrayType>(&*group, i);
+        let (buckets, keys, etags) = (text(Some(bucket))?, text(Some(key))?, text(index("e_tag"))?);
+        let sizes = column::<Int64Type>(&*group, index("size"))?;
+        let latest = column::<BoolType>(&*group, index("is_latest"))?;
+        let deleted = column::<BoolType>(&*group, index("is_delete_marker"))?;
+        for i in 0..keys.len() {
+            if latest[i] == Some(false) || deleted[i] == Some(true) {
                 continue;
             }
+            let utf8 = |v: &Option<ByteArray>, name: &str| -> anyhow::Result<String> {
+                let v = v.as_ref().map_or(Ok(""), ByteArray::as_utf8);
+                Ok(
+                    v.with_context(|| format!("row group {g}: {name} is not UTF-8"))?
+                        .to_string(),
+                )
+            };
             rows.push(Row {
-                bucket: bucket.value(i).to_string(),
-                key: key.value(i).to_string(),
-                size: size
-                    .filter(|s| s.is_valid(i))
-                    .map_or(0, |s| s.value(i).max(0) as u64),
-                etag: etag
-                    .filter(|e| e.is_valid(i))
-                    .map_or("", |e| e.value(i))
-                    .trim_matches('"')
-                    .to_string(),
+                bucket: utf8(&buckets[i], "bucket")?,
+                key: utf8(&keys[i], "key")?,
+                size: sizes[i].map_or(0, |s| s.max(0) as u64),
+                etag: utf8(&etags[i], "e_tag")?.trim_matches('"').to_string(),
             });
         }
     }
     Ok(rows)
 }
 
-/// The column `name` of `batch` as `A`, if the file has it.
-fn column<'b, A: Array + 'static>(
-    batch: &'b RecordBatch,
-    name: &str,
-) -> anyhow::Result<Option<&'b A>> {
-    let Some(array) = batch.column_by_name(name) else {
-        return Ok(None);
+/// Column `index` of `group`, one entry per row: `None` where the row has no value, or every
+/// row when the file has no such column.
+fn column<T: DataType>(
+    group: &dyn RowGroupReader,
+    index: Option<usize>,
+) -> anyhow::Result<Vec<Option<T::T>>> {
+    let rows = usize::try_from(group.metadata().num_rows()).context("a negative row count")?;
+    let Some(index) = index else {
+        return Ok(vec![None; rows]);
     };
-    array
-        .as_any()
-        .downcast_ref::<A>()
-        .map(Some)
-        .with_context(|| format!("column {name} has type {}", array.data_type()))
+    let descr = group.metadata().column(index).column_descr_ptr();
+    let mut reader = T::get_column_reader(group.get_column_reader(index)?).with_context(|| {
+        let (name, ty) = (descr.path(), descr.physical_type());
+        format!(
+            "column {name} has type {ty}, not {}",
+            T::get_physical_type()
+        )
+    })?;
+    // A row is present where its definition level is the column's maximum (always, when
+    // the column is required and has no levels).
+    let max_level = descr.max_def_level();
+    let (mut levels, mut values) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    let mut read = 0;
+    while read < rows {
+        let wanted = (max_level > 0).then_some(&mut levels);
+        let (records, _, _) = reader.read_records(rows - read, wanted, None, &mut values)?;
+        if records == 0 {
+            bail!("column {} ends after {read} of {rows} rows", descr.path());
+        }
+        read += records;
+    }
+    if max_level == 0 {
+        return Ok(values.into_iter().map(Some).collect());
+    }
+    let mut values = values.into_iter();
+    Ok(levels
+        .iter()
+        .map(|&level| {
+            if level == max_level {
+                values.next()
+            } else {
+                None
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -338,6 +378,68 @@ mod tests {
         assert_eq!(records[1], ["b", "last", "", ""]);
         assert_eq!(records.len(), 2);
         assert_eq!(csv_records(&[b'x'; 10_000])[0][0].len(), 10_000);
+    }
+
+    /// Parquet files as pyarrow writes them (dictionary pages, Snappy or gzip, several row
+    /// groups, nulls, and columns the reader does not use), read by the column reader.
+    #[test]
+    fn pyarrow_written_parquet_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+import sys, datetime, pyarrow as pa, pyarrow.parquet as pq
+n = 7
+t = pa.table({
+    'bucket': ['b'] * n,
+    'key': [f'photos/{i}.jpg' for i in range(n)],
+    'version_id': ['v'] * n,
+    'is_latest': [True, False, True, None, True, True, True],
+    'is_delete_marker': [False, False, True, None, None, False, False],
+    'size': pa.array([10, 11, None, 13, 14, 15, None], pa.int64()),
+    'last_modified_date': [datetime.datetime(2026, 12, 1)] * n,
+    'e_tag': ['"a"', 'b', None, 'd', None, 'f', 'ü'],
+})
+out = sys.argv[1]
+pq.write_table(t, out + '/snappy.parquet', row_group_size=3)
+pq.write_table(t, out + '/gzip.parquet', compression='gzip')
+pq.write_table(t.set_column(5, 'size', pa.array([str(i) for i in range(n)])), out + '/text-size.parquet')
+pq.write_table(t.drop(['key']), out + '/no-key.parquet')
+"#;
+        let python = embatch_testkit::python::interpreter().unwrap();
+        embatch_testkit::run_ok(
+            std::process::Command::new(python)
+                .args(["-c", script])
+                .arg(dir.path()),
+            "writing Parquet files with pyarrow",
+        );
+        let read =
+            |name: &str| parquet_rows(Bytes::from(std::fs::read(dir.path().join(name)).unwrap()));
+        for name in ["snappy.parquet", "gzip.parquet"] {
+            let rows: Vec<_> = read(name)
+                .unwrap()
+                .into_iter()
+                .map(|r| format!("{} {} {} {}", r.bucket, r.key, r.size, r.etag))
+                .collect();
+            // Row 1 is a noncurrent version and row 2 a delete marker; nulls read as absent.
+            let want = [
+                "b photos/0.jpg 10 a",
+                "b photos/3.jpg 13 d",
+                "b photos/4.jpg 14 ",
+                "b photos/5.jpg 15 f",
+                "b photos/6.jpg 0 ü",
+            ];
+            assert_eq!(rows, want, "{name}");
+        }
+        let err = format!("{:#}", read("text-size.parquet").err().unwrap());
+        assert!(err.contains("size") && err.contains("BYTE_ARRAY"), "{err}");
+        let err = format!("{:#}", read("no-key.parquet").err().unwrap());
+        assert!(err.contains("key"), "{err}");
+        let err = format!(
+            "{:#}",
+            parquet_rows(Bytes::from_static(b"not parquet"))
+                .err()
+                .unwrap()
+        );
+        assert!(err.contains("not a Parquet file"), "{err}");
     }
 
     #[test]
