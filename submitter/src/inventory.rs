@@ -298,36 +298,41 @@ fn parquet_rows(bytes: Bytes) -> anyhow::Result<Vec<Row>> {
         let latest = column::<BoolType>(&*group, index("is_latest"))?;
         let deleted = column::<BoolType>(&*group, index("is_delete_marker"))?;
         for i in 0..keys.len() {
-            if latest[i] == Some(false) || deleted[i] == Some(true) {
+            if at(&latest, i) == Some(&false) || at(&deleted, i) == Some(&true) {
                 continue;
             }
-            let utf8 = |v: &Option<ByteArray>, name: &str| -> anyhow::Result<String> {
-                let v = v.as_ref().map_or(Ok(""), ByteArray::as_utf8);
+            let utf8 = |v: &[Option<ByteArray>], name: &str| -> anyhow::Result<String> {
+                let v = at(v, i).map_or(Ok(""), ByteArray::as_utf8);
                 Ok(
                     v.with_context(|| format!("row group {g}: {name} is not UTF-8"))?
                         .to_string(),
                 )
             };
             rows.push(Row {
-                bucket: utf8(&buckets[i], "bucket")?,
-                key: utf8(&keys[i], "key")?,
-                size: sizes[i].map_or(0, |s| s.max(0) as u64),
-                etag: utf8(&etags[i], "e_tag")?.trim_matches('"').to_string(),
+                bucket: utf8(&buckets, "bucket")?,
+                key: utf8(&keys, "key")?,
+                size: at(&sizes, i).map_or(0, |&s| s.max(0) as u64),
+                etag: utf8(&etags, "e_tag")?.trim_matches('"').to_string(),
             });
         }
     }
     Ok(rows)
 }
 
-/// Column `index` of `group`, one entry per row: `None` where the row has no value, or every
-/// row when the file has no such column.
+/// The value of `row` in a column read by [`column`].
+fn at<T>(column: &[Option<T>], row: usize) -> Option<&T> {
+    column.get(row).and_then(Option::as_ref)
+}
+
+/// Column `index` of `group`, one entry per row (`None` where the row has no value), or none
+/// when the file has no such column.
 fn column<T: DataType>(
     group: &dyn RowGroupReader,
     index: Option<usize>,
 ) -> anyhow::Result<Vec<Option<T::T>>> {
     let rows = usize::try_from(group.metadata().num_rows()).context("a negative row count")?;
     let Some(index) = index else {
-        return Ok(vec![None; rows]);
+        return Ok(Vec::new());
     };
     let descr = group.metadata().column(index).column_descr_ptr();
     let mut reader = T::get_column_reader(group.get_column_reader(index)?).with_context(|| {
@@ -340,7 +345,9 @@ fn column<T: DataType>(
     // A row is present where its definition level is the column's maximum (always, when
     // the column is required and has no levels).
     let max_level = descr.max_def_level();
-    let (mut levels, mut values) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
+    // The row count is the file's word: reserve no more than a page's worth on it.
+    let reserve = rows.min(1 << 16);
+    let (mut levels, mut values) = (Vec::with_capacity(reserve), Vec::with_capacity(reserve));
     let mut read = 0;
     while read < rows {
         let wanted = (max_level > 0).then_some(&mut levels);
