@@ -302,11 +302,10 @@ fn parquet_rows(bytes: Bytes) -> anyhow::Result<Vec<Row>> {
                 continue;
             }
             let utf8 = |v: &[Option<ByteArray>], name: &str| -> anyhow::Result<String> {
-                let v = at(v, i).map_or(Ok(""), ByteArray::as_utf8);
-                Ok(
-                    v.with_context(|| format!("row group {g}: {name} is not UTF-8"))?
-                        .to_string(),
-                )
+                at(v, i)
+                    .map_or(Ok(""), ByteArray::as_utf8)
+                    .map(str::to_string)
+                    .with_context(|| format!("row group {g}: {name} is not UTF-8"))
             };
             rows.push(Row {
                 bucket: utf8(&buckets, "bucket")?,
