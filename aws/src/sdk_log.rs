@@ -74,15 +74,18 @@ mod tests {
     use tracing_subscriber::layer::{Context, SubscriberExt};
     use tracing_subscriber::Layer;
 
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
 
     use super::NoCredentials;
 
     /// The SDK at warn, as the worker and the submitter configure it by default.
     const DEFAULT: &str = "info,aws_smithy_runtime=warn,aws_sigv4=warn";
 
-    fn filter(rust_log: Option<&str>) -> EnvFilter {
-        EnvFilter::new(rust_log.unwrap_or(DEFAULT))
+    fn filter(rust_log: Option<&str>) -> Targets {
+        rust_log
+            .unwrap_or(DEFAULT)
+            .parse()
+            .expect("the directives parse")
     }
 
     struct Count(Arc<AtomicUsize>);

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -148,19 +149,31 @@ struct StatusArgs {
     allow_failed_images: bool,
 }
 
+/// The log filter: `RUST_LOG` (`level` and `target=level` directives) if it is set and
+/// valid, else our own crates at info.
+fn log_filter(rust_log: Option<&str>) -> Targets {
+    rust_log
+        .and_then(|directives| directives.parse().ok())
+        .unwrap_or_else(|| {
+            "embatch_submitter=info,embatch=info"
+                .parse()
+                .expect("the default filter parses")
+        })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into a log file or CI output.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "embatch_submitter=info,embatch=info".into()),
-        )
-        .finish()
+    tracing_subscriber::registry()
+        .with(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         // Whatever RUST_LOG says, no SDK event that prints the access key id.
         .with(NoCredentials)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour codes only for a person at a terminal, never into a log file or CI
+                // output.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let cli = Cli::parse();
     match run(cli).await {
@@ -307,4 +320,30 @@ fn image_id_mode() -> impl clap::builder::TypedValueParser<Value = ImageIdMode> 
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(ImageIdMode::ALL.map(ImageIdMode::name))
         .try_map(|name| name.parse::<ImageIdMode>())
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_directives_or_our_crates_at_info() {
+        let default = log_filter(None);
+        assert!(default.would_enable("embatch_submitter::listing", &Level::INFO));
+        assert!(default.would_enable("embatch", &Level::INFO));
+        assert!(!default.would_enable("embatch_submitter", &Level::DEBUG));
+        assert!(!default.would_enable("aws_smithy_runtime", &Level::WARN));
+
+        let set = log_filter(Some("warn,embatch_submitter::listing=debug"));
+        assert!(set.would_enable("embatch_submitter::listing", &Level::DEBUG));
+        assert!(!set.would_enable("embatch_submitter::plan", &Level::INFO));
+        assert!(set.would_enable("aws_smithy_runtime", &Level::WARN));
+
+        // Not a directive list: the default, not nothing.
+        let invalid = log_filter(Some("embatch_submitter=loud"));
+        assert!(invalid.would_enable("embatch_submitter", &Level::INFO));
+        assert!(!invalid.would_enable("embatch_submitter", &Level::DEBUG));
+    }
 }

@@ -8,10 +8,10 @@ use std::io::{IsTerminal, Write};
 
 use embatch_aws::sdk_log::NoCredentials;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
 
 use std::sync::Arc;
 
@@ -20,11 +20,12 @@ use embatch_worker::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_sdk_s3=warn,aws_sdk_dynamodb=warn,hyper=warn,tract_core=warn,tract_onnx=warn,tract_hir=warn,tract_linalg=warn";
 
-/// The filter: `RUST_LOG` if it is set and valid, else [`DEFAULT_FILTER`].
-fn filter(rust_log: Option<&str>) -> EnvFilter {
+/// The filter: `RUST_LOG` (`level` and `target=level` directives) if it is set and valid,
+/// else [`DEFAULT_FILTER`].
+fn filter(rust_log: Option<&str>) -> Targets {
     rust_log
-        .and_then(|directives| EnvFilter::try_new(directives).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER))
+        .and_then(|directives| directives.parse().ok())
+        .unwrap_or_else(|| DEFAULT_FILTER.parse().expect("the default filter parses"))
 }
 
 /// Installs the global subscriber and returns the progress display (a bar only for text on
@@ -50,7 +51,7 @@ impl Progress for Bar {
 }
 
 fn subscribe(format: LogFormat) -> ProgressBar {
-    let filter = filter(std::env::var(EnvFilter::DEFAULT_ENV).ok().as_deref());
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
     let terminal = std::io::stderr().is_terminal();
     let json = match format {
         LogFormat::Json => true,
@@ -58,15 +59,16 @@ fn subscribe(format: LogFormat) -> ProgressBar {
         LogFormat::Auto => !terminal,
     };
     if json {
-        tracing_subscriber::fmt()
+        let json = tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .finish()
+            .with_writer(std::io::stderr);
+        tracing_subscriber::registry()
+            .with(filter)
             .with(NoCredentials)
+            .with(json)
             .init();
         return ProgressBar::hidden();
     }
@@ -82,11 +84,10 @@ fn subscribe(format: LogFormat) -> ProgressBar {
     } else {
         ProgressBar::hidden()
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(AboveBar(bar.clone()))
-        .finish()
+    tracing_subscriber::registry()
+        .with(filter)
         .with(NoCredentials)
+        .with(tracing_subscriber::fmt::layer().with_writer(AboveBar(bar.clone())))
         .init();
     bar
 }
@@ -129,5 +130,31 @@ impl Drop for Event {
         self.bar.suspend(|| {
             let _ = std::io::stderr().write_all(&buf);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::filter;
+
+    #[test]
+    fn rust_log_directives_or_the_default() {
+        let default = filter(None);
+        assert!(default.would_enable("embatch_worker::pipeline", &Level::INFO));
+        assert!(!default.would_enable("embatch_worker::pipeline", &Level::DEBUG));
+        assert!(!default.would_enable("aws_sdk_s3::operation", &Level::INFO));
+        assert!(default.would_enable("aws_sdk_s3::operation", &Level::WARN));
+        assert!(!default.would_enable("tract_core::model", &Level::INFO));
+
+        let set = filter(Some("debug,tract_core=error"));
+        assert!(set.would_enable("aws_sdk_s3", &Level::DEBUG));
+        assert!(!set.would_enable("tract_core::model", &Level::WARN));
+
+        // Not a directive list: the default, not nothing.
+        let invalid = filter(Some("embatch_worker=[loud]"));
+        assert!(invalid.would_enable("embatch_worker", &Level::INFO));
+        assert!(!invalid.would_enable("aws_sdk_s3", &Level::INFO));
     }
 }
