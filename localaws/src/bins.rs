@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
     let mut dir = exe.parent().context("the executable has no directory")?;
-    // Test executables live in target/<profile>/deps.
-    if dir.ends_with("deps") {
+    // Test executables live in target/<profile>/deps, examples in target/<profile>/examples.
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir = dir.parent().context("deps has no parent")?;
     }
     let path = dir.join(name);
