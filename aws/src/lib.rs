@@ -5,7 +5,8 @@
 //! - [`retry`]: the one backoff policy on top of the SDK's (capped exponential, full jitter,
 //!   bounded budget), and which errors it retries.
 //! - [`sdk_error`]: SDK errors described without the raw response.
-//! - `sdk_log` (feature `sdk-log`): SDK log events that print the access key id kept off.
+//! - `sdk_log` (feature `sdk-log`): the binaries' log filter, and SDK log events that print
+//!   the access key id kept off.
 #![warn(clippy::too_many_lines)] // at 80 lines (clippy.toml)
 
 pub mod client;

@@ -2,12 +2,27 @@
 //! the signing identity stay off ([`NoCredentials`], a ceiling on top of a binary's filter). At
 //! `debug` the endpoint resolver prints its parameters, and at `trace` the orchestrator and
 //! the signer print the identity; both include the access key id (the SDK redacts the secret
-//! key and the session token).
+//! key and the session token). Also the binaries' filter under that ceiling ([`filter`]).
 
 use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
 use tracing::{Metadata, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, Layer};
+
+/// A binary's log filter: `rust_log` (`RUST_LOG`'s `level` and `target=level` directives;
+/// no span or field filters) if it is set and parses, else `default` (the binary's own
+/// directives, which must parse).
+pub fn filter(rust_log: Option<&str>, default: &str) -> Targets {
+    rust_log
+        .and_then(|directives| directives.parse().ok())
+        .unwrap_or_else(|| default.parse().expect("the default filter parses"))
+}
+
+/// [`filter`] with `RUST_LOG` from the environment.
+pub fn filter_from_env(default: &str) -> Targets {
+    filter(std::env::var("RUST_LOG").ok().as_deref(), default)
+}
 
 /// The most verbose level let through for these targets (and their modules; the longest
 /// matching target applies), whatever the filter says: above it the SDK prints the
@@ -74,6 +89,7 @@ mod tests {
     use tracing_subscriber::layer::{Context, SubscriberExt};
     use tracing_subscriber::Layer;
 
+    use tracing::Level;
     use tracing_subscriber::filter::Targets;
 
     use super::NoCredentials;
@@ -82,10 +98,27 @@ mod tests {
     const DEFAULT: &str = "info,aws_smithy_runtime=warn,aws_sigv4=warn";
 
     fn filter(rust_log: Option<&str>) -> Targets {
-        rust_log
-            .unwrap_or(DEFAULT)
-            .parse()
-            .expect("the directives parse")
+        super::filter(rust_log, DEFAULT)
+    }
+
+    #[test]
+    fn rust_log_directives_or_the_default() {
+        assert!(filter(None).would_enable("embatch_worker", &Level::INFO));
+        assert!(!filter(None).would_enable("aws_smithy_runtime::client", &Level::INFO));
+
+        let set = filter(Some("warn,embatch_worker::pipeline=debug"));
+        assert!(set.would_enable("embatch_worker::pipeline", &Level::DEBUG));
+        assert!(!set.would_enable("embatch_worker::fetch", &Level::INFO));
+        assert!(set.would_enable("aws_smithy_runtime", &Level::WARN));
+
+        // Not a directive list: the default.
+        let invalid = filter(Some("embatch_worker=loud"));
+        assert!(invalid.would_enable("embatch_worker", &Level::INFO));
+        assert!(!invalid.would_enable("embatch_worker", &Level::DEBUG));
+        // EnvFilter's span syntax is not ours: that directive names no target.
+        let span = filter(Some("info,embatch_worker[run]=debug"));
+        assert!(span.would_enable("embatch_worker", &Level::INFO));
+        assert!(!span.would_enable("embatch_worker", &Level::DEBUG));
     }
 
     struct Count(Arc<AtomicUsize>);

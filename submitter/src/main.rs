@@ -12,12 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use embatch_aws::client::{self, AwsOptions};
-use embatch_aws::sdk_log::NoCredentials;
+use embatch_aws::sdk_log::{self, NoCredentials};
 use embatch_formats::image_id::ImageIdMode;
 use embatch_formats::run::{env, submit_env};
 use embatch_formats::s3uri::S3Uri;
@@ -149,22 +148,13 @@ struct StatusArgs {
     allow_failed_images: bool,
 }
 
-/// The log filter: `RUST_LOG` (`level` and `target=level` directives) if it is set and
-/// valid, else our own crates at info.
-fn log_filter(rust_log: Option<&str>) -> Targets {
-    rust_log
-        .and_then(|directives| directives.parse().ok())
-        .unwrap_or_else(|| {
-            "embatch_submitter=info,embatch=info"
-                .parse()
-                .expect("the default filter parses")
-        })
-}
+/// Our own crates at info unless `RUST_LOG` says otherwise.
+const DEFAULT_LOG_FILTER: &str = "embatch_submitter=info,embatch=info";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::registry()
-        .with(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
+        .with(sdk_log::filter_from_env(DEFAULT_LOG_FILTER))
         // Whatever RUST_LOG says, no SDK event that prints the access key id.
         .with(NoCredentials)
         .with(
@@ -326,24 +316,12 @@ fn image_id_mode() -> impl clap::builder::TypedValueParser<Value = ImageIdMode> 
 mod tests {
     use tracing::Level;
 
-    use super::log_filter;
-
     #[test]
-    fn rust_log_directives_or_our_crates_at_info() {
-        let default = log_filter(None);
+    fn the_default_logs_our_crates_at_info_and_nothing_else() {
+        let default = embatch_aws::sdk_log::filter(None, super::DEFAULT_LOG_FILTER);
         assert!(default.would_enable("embatch_submitter::listing", &Level::INFO));
-        assert!(default.would_enable("embatch", &Level::INFO));
+        assert!(default.would_enable("embatch_aws::client", &Level::INFO));
         assert!(!default.would_enable("embatch_submitter", &Level::DEBUG));
         assert!(!default.would_enable("aws_smithy_runtime", &Level::WARN));
-
-        let set = log_filter(Some("warn,embatch_submitter::listing=debug"));
-        assert!(set.would_enable("embatch_submitter::listing", &Level::DEBUG));
-        assert!(!set.would_enable("embatch_submitter::plan", &Level::INFO));
-        assert!(set.would_enable("aws_smithy_runtime", &Level::WARN));
-
-        // Not a directive list: the default, not nothing.
-        let invalid = log_filter(Some("embatch_submitter=loud"));
-        assert!(invalid.would_enable("embatch_submitter", &Level::INFO));
-        assert!(!invalid.would_enable("embatch_submitter", &Level::DEBUG));
     }
 }

@@ -6,9 +6,8 @@
 
 use std::io::{IsTerminal, Write};
 
-use embatch_aws::sdk_log::NoCredentials;
+use embatch_aws::sdk_log::{self, NoCredentials};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -19,14 +18,6 @@ use embatch_worker::accounting::Progress;
 use embatch_worker::config::LogFormat;
 
 const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn,aws_sdk_s3=warn,aws_sdk_dynamodb=warn,hyper=warn,tract_core=warn,tract_onnx=warn,tract_hir=warn,tract_linalg=warn";
-
-/// The filter: `RUST_LOG` (`level` and `target=level` directives) if it is set and valid,
-/// else [`DEFAULT_FILTER`].
-fn filter(rust_log: Option<&str>) -> Targets {
-    rust_log
-        .and_then(|directives| directives.parse().ok())
-        .unwrap_or_else(|| DEFAULT_FILTER.parse().expect("the default filter parses"))
-}
 
 /// Installs the global subscriber and returns the progress display (a bar only for text on
 /// a terminal).
@@ -51,7 +42,7 @@ impl Progress for Bar {
 }
 
 fn subscribe(format: LogFormat) -> ProgressBar {
-    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = sdk_log::filter_from_env(DEFAULT_FILTER);
     let terminal = std::io::stderr().is_terminal();
     let json = match format {
         LogFormat::Json => true,
@@ -137,24 +128,18 @@ impl Drop for Event {
 mod tests {
     use tracing::Level;
 
-    use super::filter;
-
     #[test]
-    fn rust_log_directives_or_the_default() {
-        let default = filter(None);
+    fn the_default_keeps_the_sdk_and_tract_at_warn() {
+        let default = embatch_aws::sdk_log::filter(None, super::DEFAULT_FILTER);
         assert!(default.would_enable("embatch_worker::pipeline", &Level::INFO));
         assert!(!default.would_enable("embatch_worker::pipeline", &Level::DEBUG));
-        assert!(!default.would_enable("aws_sdk_s3::operation", &Level::INFO));
-        assert!(default.would_enable("aws_sdk_s3::operation", &Level::WARN));
-        assert!(!default.would_enable("tract_core::model", &Level::INFO));
-
-        let set = filter(Some("debug,tract_core=error"));
-        assert!(set.would_enable("aws_sdk_s3", &Level::DEBUG));
-        assert!(!set.would_enable("tract_core::model", &Level::WARN));
-
-        // Not a directive list: the default, not nothing.
-        let invalid = filter(Some("embatch_worker=[loud]"));
-        assert!(invalid.would_enable("embatch_worker", &Level::INFO));
-        assert!(!invalid.would_enable("aws_sdk_s3", &Level::INFO));
+        for quiet in [
+            "aws_sdk_s3::operation",
+            "aws_smithy_runtime",
+            "tract_core::model",
+        ] {
+            assert!(!default.would_enable(quiet, &Level::INFO), "{quiet}");
+            assert!(default.would_enable(quiet, &Level::WARN), "{quiet}");
+        }
     }
 }
