@@ -2,7 +2,8 @@
 //! the signing identity stay off ([`NoCredentials`], a ceiling on top of a binary's filter). At
 //! `debug` the endpoint resolver prints its parameters, and at `trace` the orchestrator and
 //! the signer print the identity; both include the access key id (the SDK redacts the secret
-//! key and the session token). Also the binaries' filter under that ceiling ([`filter`]).
+//! key and the session token). Also the binaries' filter under that ceiling
+//! ([`filter_from_env`]).
 
 use tracing::level_filters::LevelFilter;
 use tracing::subscriber::Interest;
@@ -19,9 +20,10 @@ pub fn filter(rust_log: Option<&str>, default: &str) -> Targets {
         .unwrap_or_else(|| default.parse().expect("the default filter parses"))
 }
 
-/// [`filter`] with `RUST_LOG` from the environment.
-pub fn filter_from_env(default: &str) -> Targets {
-    filter(std::env::var("RUST_LOG").ok().as_deref(), default)
+/// A binary's filter layer: [`filter`] with `RUST_LOG` from the environment, and the
+/// [`NoCredentials`] ceiling on top of it, so that one never comes without the other.
+pub fn filter_from_env<S: Subscriber>(default: &str) -> impl Layer<S> + Send + Sync {
+    filter(std::env::var("RUST_LOG").ok().as_deref(), default).and_then(NoCredentials)
 }
 
 /// The most verbose level let through for these targets (and their modules; the longest

@@ -12,7 +12,9 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let mut dir = exe.parent().context("the executable has no directory")?;
     // Test executables live in target/<profile>/deps, examples in target/<profile>/examples.
     if dir.ends_with("deps") || dir.ends_with("examples") {
-        dir = dir.parent().context("deps has no parent")?;
+        dir = dir
+            .parent()
+            .context("the executable's directory has no parent")?;
     }
     let path = dir.join(name);
     if !path.exists() {

@@ -16,7 +16,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use embatch_aws::client::{self, AwsOptions};
-use embatch_aws::sdk_log::{self, NoCredentials};
+use embatch_aws::sdk_log;
 use embatch_formats::image_id::ImageIdMode;
 use embatch_formats::run::{env, submit_env};
 use embatch_formats::s3uri::S3Uri;
@@ -154,9 +154,8 @@ const DEFAULT_LOG_FILTER: &str = "embatch_submitter=info,embatch=info";
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::registry()
-        .with(sdk_log::filter_from_env(DEFAULT_LOG_FILTER))
         // Whatever RUST_LOG says, no SDK event that prints the access key id.
-        .with(NoCredentials)
+        .with(sdk_log::filter_from_env(DEFAULT_LOG_FILTER))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

@@ -2,11 +2,11 @@
 //! human-readable text with a progress bar on a terminal. `RUST_LOG` overrides the filter.
 //! The AWS SDK's own logs are kept at `warn`: its debug output is request-level detail.
 //! Whatever `RUST_LOG` says, the SDK events that print the access key id stay off
-//! ([`NoCredentials`]).
+//! ([`sdk_log::NoCredentials`], under [`sdk_log::filter_from_env`]).
 
 use std::io::{IsTerminal, Write};
 
-use embatch_aws::sdk_log::{self, NoCredentials};
+use embatch_aws::sdk_log;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -58,7 +58,6 @@ fn subscribe(format: LogFormat) -> ProgressBar {
             .with_writer(std::io::stderr);
         tracing_subscriber::registry()
             .with(filter)
-            .with(NoCredentials)
             .with(json)
             .init();
         return ProgressBar::hidden();
@@ -77,7 +76,6 @@ fn subscribe(format: LogFormat) -> ProgressBar {
     };
     tracing_subscriber::registry()
         .with(filter)
-        .with(NoCredentials)
         .with(tracing_subscriber::fmt::layer().with_writer(AboveBar(bar.clone())))
         .init();
     bar
